@@ -1,0 +1,1 @@
+//! `l2rec bench score`: catalog scoring, CPU against GPU.

@@ -1,0 +1,345 @@
+//! The frozen backbone (SPEC steps 2-4): a verified GGUF model run by llama.cpp,
+//! sessions that compute view states under a mixture of LoRA experts, and the
+//! KV-cache reuse that makes a grown history cost only its new tokens.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::ffi::gguf::{GgufError, GgufFile};
+use crate::ffi::llama::{self, Adapter, Context, ContextParams, LlamaError, Model};
+pub use crate::ffi::llama::Token;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackboneError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: sha256 is {found}, expected {expected}; the file is corrupt or not this model: delete it and run scripts/fetch-assets")]
+    Checksum { path: PathBuf, expected: String, found: String },
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("{path}: GGUF metadata lacks `{key}`; is this a llama.cpp model file?")]
+    MissingMetadata { path: PathBuf, key: String },
+    #[error("{path}: {source}")]
+    Llama { path: PathBuf, source: LlamaError },
+    #[error("the prompt has {tokens} tokens, more than the context holds ({n_ctx}); shorten the history or raise n_ctx")]
+    PromptTooLong { tokens: usize, n_ctx: u32 },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("cancelled")]
+    Cancelled,
+    #[error("backbone evaluation failed: {0}")]
+    Eval(LlamaError),
+}
+
+fn eval_error(e: LlamaError) -> BackboneError {
+    match e {
+        LlamaError::Cancelled => BackboneError::Cancelled,
+        LlamaError::ContextFull { tokens, n_ctx } => BackboneError::PromptTooLong { tokens, n_ctx },
+        other => BackboneError::Eval(other),
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// What we know of a backbone file before llama.cpp sees it.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub file_bytes: u64,
+    pub arch: String,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    /// Tensor name to ggml shape (`[n_in, n_out]` for a weight matrix).
+    pub tensors: HashMap<String, Vec<u64>>,
+}
+
+impl ModelInfo {
+    /// Hashes the file (and compares with `expected_sha256` when given), then
+    /// reads its GGUF metadata with ggml.
+    pub fn read(path: &Path, expected_sha256: Option<&str>) -> Result<Self, BackboneError> {
+        let io = |source| BackboneError::Io { path: path.to_owned(), source };
+        let file_bytes = std::fs::metadata(path).map_err(io)?.len();
+        let sha256 = sha256_file(path).map_err(io)?;
+        if let Some(expected) = expected_sha256 {
+            if !expected.eq_ignore_ascii_case(&sha256) {
+                return Err(BackboneError::Checksum {
+                    path: path.to_owned(),
+                    expected: expected.to_owned(),
+                    found: sha256,
+                });
+            }
+        }
+        let gguf = GgufFile::open(path)?;
+        let missing = |key: &str| BackboneError::MissingMetadata { path: path.to_owned(), key: key.to_owned() };
+        let arch = gguf.string("general.architecture")?.ok_or_else(|| missing("general.architecture"))?;
+        let number = |key: String| -> Result<usize, BackboneError> {
+            Ok(gguf.number(&key)?.ok_or_else(|| missing(&key))? as usize)
+        };
+        let n_embd = number(format!("{arch}.embedding_length"))?;
+        let n_layer = number(format!("{arch}.block_count"))?;
+        let tensors = gguf.tensors().into_iter().map(|t| (t.name, t.shape)).collect();
+        Ok(Self { path: path.to_owned(), sha256, file_bytes, arch, n_embd, n_layer, tensors })
+    }
+}
+
+/// How the backbone runs.
+#[derive(Debug, Clone)]
+pub struct BackboneConfig {
+    /// Refuse the model unless its sha256 is this (hex).
+    pub expected_sha256: Option<String>,
+    /// Threads per session; `None` picks [`default_threads`].
+    pub threads: Option<u32>,
+    /// Tokens a session can hold (prompt length limit).
+    pub n_ctx: u32,
+    /// Tokens per llama.cpp decode call; longer prompts are split.
+    pub n_batch: u32,
+}
+
+impl Default for BackboneConfig {
+    fn default() -> Self {
+        Self { expected_sha256: None, threads: None, n_ctx: 2048, n_batch: 512 }
+    }
+}
+
+/// Half the cores, at most 4, at least 1; `L2REC_THREADS` overrides.
+///
+/// ggml's threads spin on barriers: when another process takes one of the cores
+/// a decode that uses all of them stalls (2.2 s instead of 0.3 s measured on
+/// 2 cores), so we leave headroom rather than chase the last 40%.
+pub fn default_threads() -> u32 {
+    if let Some(n) = std::env::var("L2REC_THREADS").ok().and_then(|v| v.parse::<u32>().ok()) {
+        return n.max(1);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    (cores / 2).clamp(1, 4)
+}
+
+/// The loaded, verified backbone. Cheap to clone; shareable across threads.
+#[derive(Clone)]
+pub struct Backbone {
+    model: Model,
+    info: Arc<ModelInfo>,
+    config: BackboneConfig,
+}
+
+impl Backbone {
+    pub fn open(path: &Path, config: BackboneConfig) -> Result<Self, BackboneError> {
+        let info = ModelInfo::read(path, config.expected_sha256.as_deref())?;
+        Self::open_verified(info, config)
+    }
+
+    /// Loads a model whose [`ModelInfo`] was just read (and so verified).
+    pub fn open_verified(info: ModelInfo, config: BackboneConfig) -> Result<Self, BackboneError> {
+        let model = Model::load(&info.path).map_err(|source| BackboneError::Llama { path: info.path.clone(), source })?;
+        Ok(Self { model, info: Arc::new(info), config })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn n_embd(&self) -> usize {
+        self.model.n_embd()
+    }
+
+    pub fn tokenize(&self, text: &str) -> Result<Vec<Token>, BackboneError> {
+        self.model.tokenize(text).map_err(eval_error)
+    }
+
+    /// Loads an expert file. The caller validated it (see `lora::validate_expert`).
+    pub fn load_expert(&self, path: &Path) -> Result<Expert, BackboneError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let adapter = self
+            .model
+            .load_adapter(path)
+            .map_err(|source| BackboneError::Llama { path: path.to_owned(), source })?;
+        Ok(Expert { adapter, id: NEXT_ID.fetch_add(1, Ordering::Relaxed), path: path.to_owned() })
+    }
+
+    /// A new evaluation session (a llama.cpp context with its own KV cache).
+    pub fn session(&self) -> Result<Session, BackboneError> {
+        let params = ContextParams {
+            n_ctx: self.config.n_ctx,
+            n_batch: self.config.n_batch,
+            threads: self.config.threads.unwrap_or_else(default_threads),
+        };
+        let ctx = Context::new(&self.model, params)
+            .map_err(|source| BackboneError::Llama { path: self.info.path.clone(), source })?;
+        Ok(Session { ctx, cached: Vec::new(), last_state: None, mixture: Vec::new(), evaluated: 0 })
+    }
+
+    /// The underlying llama.cpp model, for benchmarks that bypass the session.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+/// One LoRA expert, loaded.
+#[derive(Clone)]
+pub struct Expert {
+    adapter: Adapter,
+    id: u64,
+    path: PathBuf,
+}
+
+impl Expert {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Cancels a running evaluation from another thread.
+#[derive(Clone)]
+pub struct CancelHandle(Arc<AtomicBool>);
+
+impl CancelHandle {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Computes view states (SPEC step 4) under one expert mixture, keeping the
+/// last prompt's KV cache so that a prompt sharing a prefix with it costs only
+/// the tokens after the shared prefix.
+pub struct Session {
+    ctx: Context,
+    cached: Vec<Token>,
+    last_state: Option<Vec<f32>>,
+    mixture: Vec<(u64, f32)>,
+    evaluated: usize,
+}
+
+impl Session {
+    /// Sets the expert mixture (one `llama_set_adapters_lora` call). Experts
+    /// at scale 0 are left out. A different mixture invalidates the cache.
+    pub fn set_mixture(&mut self, mixture: &[(&Expert, f32)]) -> Result<(), BackboneError> {
+        let active: Vec<(&Expert, f32)> = mixture.iter().copied().filter(|(_, s)| *s != 0.0).collect();
+        let key: Vec<(u64, f32)> = active.iter().map(|(e, s)| (e.id, *s)).collect();
+        if key == self.mixture {
+            return Ok(());
+        }
+        let adapters: Vec<(Adapter, f32)> = active.iter().map(|(e, s)| (e.adapter.clone(), *s)).collect();
+        self.ctx.set_adapters(&adapters).map_err(eval_error)?;
+        self.mixture = key;
+        self.forget();
+        Ok(())
+    }
+
+    /// Drops the cached prompt.
+    pub fn forget(&mut self) {
+        self.ctx.clear();
+        self.cached.clear();
+        self.last_state = None;
+    }
+
+    /// Tokens llama.cpp evaluated in the last call (0 for a cache hit).
+    pub fn tokens_evaluated_last(&self) -> usize {
+        self.evaluated
+    }
+
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle(self.ctx.cancel_flag())
+    }
+
+    pub fn set_threads(&mut self, threads: u32) {
+        self.ctx.set_threads(threads);
+    }
+
+    /// The final hidden state at the last token of `tokens`, reusing the cached
+    /// prefix. On quantized weights the reused path differs from a re-encode by
+    /// activation rounding (cos >= 0.998); use [`Session::state_fresh`] where
+    /// bit-reproducibility matters.
+    pub fn state(&mut self, tokens: &[Token]) -> Result<Vec<f32>, BackboneError> {
+        if tokens.is_empty() {
+            return Err(BackboneError::EmptyPrompt);
+        }
+        let mut shared = common_prefix(&self.cached, tokens);
+        if shared == tokens.len() && shared == self.cached.len() {
+            if let Some(state) = &self.last_state {
+                self.evaluated = 0;
+                return Ok(state.clone());
+            }
+        }
+        // The last token must be evaluated to get its output.
+        shared = shared.min(tokens.len() - 1);
+        if shared < self.cached.len() && !self.ctx.truncate(shared) {
+            self.ctx.clear();
+            shared = 0;
+        }
+        self.eval_suffix(tokens, shared)
+    }
+
+    /// The state of `tokens` encoded from scratch: the same input always gives
+    /// the same bits.
+    pub fn state_fresh(&mut self, tokens: &[Token]) -> Result<Vec<f32>, BackboneError> {
+        if tokens.is_empty() {
+            return Err(BackboneError::EmptyPrompt);
+        }
+        self.ctx.clear();
+        self.eval_suffix(tokens, 0)
+    }
+
+    /// States at several token positions of one prompt, encoded from scratch
+    /// (teacher forcing: one pass gives the state after every item).
+    pub fn states_at(&mut self, tokens: &[Token], positions: &[usize]) -> Result<Vec<Vec<f32>>, BackboneError> {
+        self.ctx.clear();
+        self.cached.clear();
+        self.last_state = None;
+        self.ctx.reset_cancel();
+        let states = self.ctx.decode(tokens, 0, positions);
+        self.evaluated = tokens.len();
+        let states = states.inspect_err(|_| self.ctx.clear()).map_err(eval_error)?;
+        self.cached = tokens.to_vec();
+        self.last_state = (positions.last() == Some(&(tokens.len() - 1))).then(|| states[states.len() - 1].clone());
+        Ok(states)
+    }
+
+    fn eval_suffix(&mut self, tokens: &[Token], from: usize) -> Result<Vec<f32>, BackboneError> {
+        self.ctx.reset_cancel();
+        self.cached.truncate(from);
+        self.last_state = None;
+        let suffix = &tokens[from..];
+        self.evaluated = suffix.len();
+        match self.ctx.decode(suffix, from, &[suffix.len() - 1]) {
+            Ok(mut states) => {
+                let state = states.pop().expect("one output was requested");
+                self.cached = tokens.to_vec();
+                self.last_state = Some(state.clone());
+                Ok(state)
+            }
+            Err(e) => {
+                // A failed decode leaves the cache in an unknown state.
+                self.forget();
+                Err(eval_error(e))
+            }
+        }
+    }
+}
+
+fn common_prefix(a: &[Token], b: &[Token]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Reads a string from the model's metadata as llama.cpp sees it.
+pub fn model_metadata(backbone: &Backbone, key: &str) -> Option<String> {
+    llama::model_meta(&backbone.model, key)
+}

@@ -1,0 +1,386 @@
+//! GGUF through ggml's own reader and writer (the same code llama.cpp uses),
+//! behind a safe API. Every value is read only after its type is checked:
+//! ggml's getters abort the process on a type mismatch.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use llama_cpp_sys_2 as sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a GGUF file ({why})")]
+    NotGguf { path: PathBuf, why: String },
+    #[error("{path}: ggml could not parse the GGUF header (truncated or corrupt)")]
+    Parse { path: PathBuf },
+    #[error("{path}: key `{key}` has type {found}, expected {expected}")]
+    KeyType { path: PathBuf, key: String, found: String, expected: &'static str },
+    #[error("{path}: tensor `{name}` of type {dtype} cannot be converted to f32")]
+    NoConversion { path: PathBuf, name: String, dtype: String },
+    #[error("{path}: tensor `{name}` lies outside the file (truncated?)")]
+    OutOfBounds { path: PathBuf, name: String },
+    #[error("{path}: ggml could not write the file")]
+    Write { path: PathBuf },
+    #[error("invalid name `{0}` (contains a NUL byte)")]
+    BadName(String),
+}
+
+/// A tensor's entry in a GGUF file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ggml type id (see [`type_name`]).
+    pub dtype: u32,
+    /// ggml order: `ne[0]` is the contiguous (row) dimension.
+    pub shape: Vec<u64>,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+pub const GGML_TYPE_F32: u32 = sys::GGML_TYPE_F32;
+pub const GGML_TYPE_F16: u32 = sys::GGML_TYPE_F16;
+
+pub fn type_name(dtype: u32) -> String {
+    if dtype >= sys::GGML_TYPE_COUNT {
+        return format!("type#{dtype}");
+    }
+    // SAFETY: ids below GGML_TYPE_COUNT name a static string (possibly NULL for
+    // removed types, which we handle).
+    let ptr = unsafe { sys::ggml_type_name(dtype) };
+    if ptr.is_null() {
+        return format!("type#{dtype}");
+    }
+    // SAFETY: non-NULL and static.
+    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+}
+
+/// The metadata of a GGUF file, parsed by ggml (no tensor data in memory).
+pub struct GgufFile {
+    ctx: NonNull<sys::gguf_context>,
+    path: PathBuf,
+    file_len: u64,
+}
+
+impl Drop for GgufFile {
+    fn drop(&mut self) {
+        // SAFETY: the context came from gguf_init_from_file and is freed once.
+        unsafe { sys::gguf_free(self.ctx.as_ptr()) };
+    }
+}
+
+// SAFETY: the gguf context is only read after parsing.
+unsafe impl Send for GgufFile {}
+// SAFETY: as above.
+unsafe impl Sync for GgufFile {}
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+fn check_header(path: &Path) -> Result<u64, GgufError> {
+    let io = |source| GgufError::Io { path: path.to_owned(), source };
+    let mut file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut header = [0u8; 8];
+    let not_gguf = |why: &str| GgufError::NotGguf { path: path.to_owned(), why: why.to_owned() };
+    if len < 24 {
+        return Err(not_gguf("shorter than a GGUF header"));
+    }
+    file.read_exact(&mut header).map_err(io)?;
+    if &header[..4] != GGUF_MAGIC {
+        return Err(not_gguf("bad magic"));
+    }
+    let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if version != 3 {
+        return Err(not_gguf(&format!("version {version}, expected 3")));
+    }
+    Ok(len)
+}
+
+impl GgufFile {
+    /// Parses the header and metadata. Our own pre-check (magic, version) runs
+    /// first; ggml's parser then bounds-checks everything and returns NULL
+    /// (never aborts) on a malformed file.
+    pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let file_len = check_header(path)?;
+        let c_path = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| GgufError::BadName(path.display().to_string()))?;
+        let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        // SAFETY: valid C path; with no_alloc and a NULL ctx, ggml only reads
+        // metadata and allocates nothing we must free besides the gguf context.
+        let ptr = unsafe { sys::gguf_init_from_file(c_path.as_ptr(), params) };
+        let ctx = NonNull::new(ptr).ok_or_else(|| GgufError::Parse { path: path.to_owned() })?;
+        Ok(Self { ctx, path: path.to_owned(), file_len })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn key_id(&self, key: &str) -> Option<i64> {
+        let key = CString::new(key).ok()?;
+        // SAFETY: valid context and C string.
+        let id = unsafe { sys::gguf_find_key(self.ctx.as_ptr(), key.as_ptr()) };
+        (id >= 0).then_some(id)
+    }
+
+    fn key_type(&self, id: i64) -> u32 {
+        // SAFETY: `id` came from gguf_find_key on this context.
+        unsafe { sys::gguf_get_kv_type(self.ctx.as_ptr(), id) }
+    }
+
+    fn type_error(&self, key: &str, found: u32, expected: &'static str) -> GgufError {
+        GgufError::KeyType {
+            path: self.path.clone(),
+            key: key.to_owned(),
+            found: format!("gguf type {found}"),
+            expected,
+        }
+    }
+
+    /// A string value; `Ok(None)` when the key is absent.
+    pub fn string(&self, key: &str) -> Result<Option<String>, GgufError> {
+        let Some(id) = self.key_id(key) else { return Ok(None) };
+        let kind = self.key_type(id);
+        if kind != sys::GGUF_TYPE_STRING {
+            return Err(self.type_error(key, kind, "string"));
+        }
+        // SAFETY: the type was checked above (ggml aborts otherwise); the string
+        // is owned by the context and copied at once.
+        let value = unsafe { CStr::from_ptr(sys::gguf_get_val_str(self.ctx.as_ptr(), id)) };
+        Ok(Some(value.to_string_lossy().into_owned()))
+    }
+
+    /// A numeric value of any integer or float type, as f64.
+    pub fn number(&self, key: &str) -> Result<Option<f64>, GgufError> {
+        let Some(id) = self.key_id(key) else { return Ok(None) };
+        let ctx = self.ctx.as_ptr();
+        // SAFETY: each getter is called only for the type it reads.
+        let value = unsafe {
+            match self.key_type(id) {
+                sys::GGUF_TYPE_UINT8 => sys::gguf_get_val_u8(ctx, id) as f64,
+                sys::GGUF_TYPE_INT8 => sys::gguf_get_val_i8(ctx, id) as f64,
+                sys::GGUF_TYPE_UINT16 => sys::gguf_get_val_u16(ctx, id) as f64,
+                sys::GGUF_TYPE_INT16 => sys::gguf_get_val_i16(ctx, id) as f64,
+                sys::GGUF_TYPE_UINT32 => sys::gguf_get_val_u32(ctx, id) as f64,
+                sys::GGUF_TYPE_INT32 => sys::gguf_get_val_i32(ctx, id) as f64,
+                sys::GGUF_TYPE_UINT64 => sys::gguf_get_val_u64(ctx, id) as f64,
+                sys::GGUF_TYPE_INT64 => sys::gguf_get_val_i64(ctx, id) as f64,
+                sys::GGUF_TYPE_FLOAT32 => sys::gguf_get_val_f32(ctx, id) as f64,
+                sys::GGUF_TYPE_FLOAT64 => sys::gguf_get_val_f64(ctx, id),
+                other => return Err(self.type_error(key, other, "number")),
+            }
+        };
+        Ok(Some(value))
+    }
+
+    pub fn tensors(&self) -> Vec<TensorInfo> {
+        let ctx = self.ctx.as_ptr();
+        // SAFETY: valid context.
+        let n = unsafe { sys::gguf_get_n_tensors(ctx) };
+        // SAFETY: valid context.
+        let data_offset = unsafe { sys::gguf_get_data_offset(ctx) } as u64;
+        (0..n)
+            .map(|id| {
+                // SAFETY: `id < n`; the name is a C string owned by the context,
+                // `ne` an array of GGML_MAX_DIMS entries.
+                unsafe {
+                    let name = CStr::from_ptr(sys::gguf_get_tensor_name(ctx, id));
+                    let ne = std::slice::from_raw_parts(sys::gguf_get_tensor_ne(ctx, id), 4);
+                    let dims = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+                    TensorInfo {
+                        name: name.to_string_lossy().into_owned(),
+                        dtype: sys::gguf_get_tensor_type(ctx, id),
+                        shape: ne[..dims].iter().map(|&d| d as u64).collect(),
+                        offset: data_offset + sys::gguf_get_tensor_offset(ctx, id) as u64,
+                        bytes: sys::gguf_get_tensor_size(ctx, id) as u64,
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Reads a tensor's raw bytes, bounds-checked against the file length.
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> Result<Vec<u8>, GgufError> {
+        let end = info.offset.checked_add(info.bytes);
+        if end.is_none_or(|end| end > self.file_len) {
+            return Err(GgufError::OutOfBounds { path: self.path.clone(), name: info.name.clone() });
+        }
+        let io = |source| GgufError::Io { path: self.path.clone(), source };
+        let mut file = File::open(&self.path).map_err(io)?;
+        file.seek(SeekFrom::Start(info.offset)).map_err(io)?;
+        let mut bytes = vec![0u8; info.bytes as usize];
+        file.read_exact(&mut bytes).map_err(io)?;
+        Ok(bytes)
+    }
+
+    /// Reads a tensor as f32, dequantizing with ggml's own routines.
+    pub fn tensor_f32(&self, info: &TensorInfo) -> Result<Vec<f32>, GgufError> {
+        let bytes = self.tensor_bytes(info)?;
+        to_f32(&bytes, info).ok_or_else(|| GgufError::NoConversion {
+            path: self.path.clone(),
+            name: info.name.clone(),
+            dtype: type_name(info.dtype),
+        })
+    }
+
+    /// Every key/value of this file copied into `writer` (tensors excluded).
+    pub fn copy_metadata_into(&self, writer: &mut GgufWriter) {
+        // SAFETY: both contexts are valid; gguf_set_kv deep-copies the values.
+        unsafe { sys::gguf_set_kv(writer.ctx.as_ptr(), self.ctx.as_ptr()) };
+    }
+}
+
+fn to_f32(bytes: &[u8], info: &TensorInfo) -> Option<Vec<f32>> {
+    let n: u64 = info.shape.iter().product();
+    let exact = |size: u64| (n * size == bytes.len() as u64).then_some(());
+    match info.dtype {
+        // ggml has no to_float for f32 itself; f16 is cheaper through `half`.
+        sys::GGML_TYPE_F32 => {
+            exact(4)?;
+            return Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+        }
+        sys::GGML_TYPE_F16 => {
+            exact(2)?;
+            return Some(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect());
+        }
+        t if t >= sys::GGML_TYPE_COUNT => return None,
+        _ => {}
+    }
+    // SAFETY: a valid type id gives a static traits struct.
+    let traits = unsafe { &*sys::ggml_get_type_traits(info.dtype) };
+    let to_float = traits.to_float?;
+    let block = traits.blck_size.max(1) as u64;
+    if n % block != 0 || (n / block) * traits.type_size as u64 != bytes.len() as u64 {
+        return None;
+    }
+    let mut out = vec![0f32; n as usize];
+    // SAFETY: `bytes` holds exactly the n elements of this type (checked above)
+    // and `out` has room for n floats.
+    unsafe { to_float(bytes.as_ptr().cast(), out.as_mut_ptr(), n as i64) };
+    Some(out)
+}
+
+struct PendingTensor {
+    name: CString,
+    dtype: u32,
+    shape: Vec<i64>,
+    data: Vec<u8>,
+}
+
+/// Builds a GGUF file in memory and writes it with ggml.
+pub struct GgufWriter {
+    ctx: NonNull<sys::gguf_context>,
+    tensors: Vec<PendingTensor>,
+}
+
+impl Drop for GgufWriter {
+    fn drop(&mut self) {
+        // SAFETY: created by gguf_init_empty, freed once.
+        unsafe { sys::gguf_free(self.ctx.as_ptr()) };
+    }
+}
+
+impl Default for GgufWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GgufWriter {
+    pub fn new() -> Self {
+        // SAFETY: allocates an empty context; NULL only on out-of-memory.
+        let ptr = unsafe { sys::gguf_init_empty() };
+        Self { ctx: NonNull::new(ptr).expect("out of memory creating a GGUF context"), tensors: Vec::new() }
+    }
+
+    fn key(key: &str) -> Result<CString, GgufError> {
+        CString::new(key).map_err(|_| GgufError::BadName(key.to_owned()))
+    }
+
+    pub fn set_str(&mut self, key: &str, value: &str) -> Result<(), GgufError> {
+        let (key, value) = (Self::key(key)?, Self::key(value)?);
+        // SAFETY: valid context and C strings; ggml copies both.
+        unsafe { sys::gguf_set_val_str(self.ctx.as_ptr(), key.as_ptr(), value.as_ptr()) };
+        Ok(())
+    }
+
+    pub fn set_f32(&mut self, key: &str, value: f32) -> Result<(), GgufError> {
+        let key = Self::key(key)?;
+        // SAFETY: valid context and key; ggml replaces a value of another type.
+        unsafe { sys::gguf_set_val_f32(self.ctx.as_ptr(), key.as_ptr(), value) };
+        Ok(())
+    }
+
+    pub fn set_u32(&mut self, key: &str, value: u32) -> Result<(), GgufError> {
+        let key = Self::key(key)?;
+        // SAFETY: as above.
+        unsafe { sys::gguf_set_val_u32(self.ctx.as_ptr(), key.as_ptr(), value) };
+        Ok(())
+    }
+
+    /// Adds a tensor from f32 values, stored as `dtype` (F32 or F16).
+    /// `shape` is in ggml order (`shape[0]` contiguous).
+    pub fn add_tensor(&mut self, name: &str, shape: &[u64], values: &[f32], dtype: u32) -> Result<(), GgufError> {
+        let n: u64 = shape.iter().product();
+        assert_eq!(n as usize, values.len(), "tensor `{name}`: shape does not match the data");
+        let data = match dtype {
+            sys::GGML_TYPE_F32 => bytemuck::cast_slice(values).to_vec(),
+            sys::GGML_TYPE_F16 => {
+                let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+                bytemuck::cast_slice(&halves).to_vec()
+            }
+            other => panic!("GgufWriter stores f32 or f16, not {}", type_name(other)),
+        };
+        self.tensors.push(PendingTensor {
+            name: Self::key(name)?,
+            dtype,
+            shape: shape.iter().map(|&d| d as i64).collect(),
+            data,
+        });
+        Ok(())
+    }
+
+    /// Writes the file: header, metadata, then every tensor's data.
+    pub fn write(self, path: &Path) -> Result<(), GgufError> {
+        // SAFETY: returns a constant.
+        let overhead = unsafe { sys::ggml_tensor_overhead() };
+        let mem_size = self.tensors.iter().map(|t| t.data.len() + 64).sum::<usize>()
+            + (self.tensors.len() + 1) * overhead;
+        let params = sys::ggml_init_params { mem_size, mem_buffer: std::ptr::null_mut(), no_alloc: false };
+        // SAFETY: ggml allocates `mem_size` bytes and returns NULL on failure.
+        let ggml = unsafe { sys::ggml_init(params) };
+        let ggml = NonNull::new(ggml).ok_or_else(|| GgufError::Write { path: path.to_owned() })?;
+        let result = self.write_with(ggml, path);
+        // SAFETY: created above, freed once; gguf_write_to_file has copied the data.
+        unsafe { sys::ggml_free(ggml.as_ptr()) };
+        result
+    }
+
+    fn write_with(&self, ggml: NonNull<sys::ggml_context>, path: &Path) -> Result<(), GgufError> {
+        for t in &self.tensors {
+            // SAFETY: the ggml context was sized for every tensor plus overhead;
+            // `shape` has 1..=4 dims; the new tensor's data buffer has exactly
+            // t.data.len() bytes (same type and shape), so the copy is in bounds.
+            unsafe {
+                let tensor = sys::ggml_new_tensor(ggml.as_ptr(), t.dtype, t.shape.len() as i32, t.shape.as_ptr());
+                sys::ggml_set_name(tensor, t.name.as_ptr());
+                debug_assert_eq!(sys::ggml_nbytes(tensor), t.data.len());
+                std::ptr::copy_nonoverlapping(t.data.as_ptr(), (*tensor).data.cast::<u8>(), t.data.len());
+                sys::gguf_add_tensor(self.ctx.as_ptr(), tensor);
+            }
+        }
+        let c_path = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| GgufError::BadName(path.display().to_string()))?;
+        // SAFETY: valid context, path and tensors whose data lives in `ggml`.
+        let ok = unsafe { sys::gguf_write_to_file(self.ctx.as_ptr(), c_path.as_ptr(), false) };
+        if ok {
+            Ok(())
+        } else {
+            Err(GgufError::Write { path: path.to_owned() })
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Safe wrappers over llama.cpp: model, context, LoRA adapter, decode.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+
+use llama_cpp_sys_2 as sys;
+
+/// A token id of the backbone's vocabulary.
+pub type Token = i32;
+
+/// What can go wrong inside llama.cpp. Callers add the file and the remedy.
+#[derive(Debug, thiserror::Error)]
+pub enum LlamaError {
+    #[error("llama.cpp could not load the model")]
+    ModelLoad,
+    #[error("llama.cpp could not create a context (n_ctx {n_ctx}, n_batch {n_batch})")]
+    ContextInit { n_ctx: u32, n_batch: u32 },
+    #[error("llama.cpp could not load the LoRA adapter")]
+    AdapterLoad,
+    #[error("llama.cpp refused the adapter set (code {0})")]
+    SetAdapters(i32),
+    #[error("the text could not be tokenized (code {0})")]
+    Tokenize(i32),
+    #[error("path is not valid UTF-8 or contains a NUL byte: {0}")]
+    BadPath(String),
+    #[error("{tokens} tokens do not fit the context of {n_ctx} tokens")]
+    ContextFull { tokens: usize, n_ctx: u32 },
+    #[error("decode was cancelled")]
+    Cancelled,
+    #[error("llama_decode failed with code {0}")]
+    Decode(i32),
+    #[error("llama.cpp returned no embedding for output {0}")]
+    NoEmbedding(usize),
+}
+
+/// Routes llama.cpp's and ggml's log into `tracing` (target `llama_cpp`), once
+/// per process. Without a subscriber that enables that target it is silent.
+pub fn route_log_to_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `log_to_tracing` is a plain `extern "C"` function valid for the
+        // whole process and the user data pointer is unused (null).
+        unsafe { sys::llama_log_set(Some(log_to_tracing), std::ptr::null_mut()) };
+    });
+}
+
+extern "C" fn log_to_tracing(level: sys::ggml_log_level, text: *const c_char, _: *mut c_void) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: llama.cpp passes a NUL-terminated string valid for this call.
+    let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let text = text.trim_end();
+    if text.is_empty() {
+        return;
+    }
+    match level {
+        sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "llama_cpp", "{text}"),
+        sys::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "llama_cpp", "{text}"),
+        sys::GGML_LOG_LEVEL_INFO => tracing::info!(target: "llama_cpp", "{text}"),
+        _ => tracing::debug!(target: "llama_cpp", "{text}"),
+    }
+}
+
+fn init_backend() {
+    static ONCE: Once = Once::new();
+    route_log_to_tracing();
+    // SAFETY: called once per process before any model is loaded, as llama.h asks.
+    ONCE.call_once(|| unsafe { sys::llama_backend_init() });
+}
+
+fn c_path(path: &Path) -> Result<CString, LlamaError> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| LlamaError::BadPath(path.display().to_string()))?;
+    CString::new(text).map_err(|_| LlamaError::BadPath(text.to_owned()))
+}
+
+struct ModelHandle(NonNull<sys::llama_model>);
+
+// SAFETY: a loaded llama_model is immutable; llama.cpp documents concurrent use
+// of one model from several contexts on different threads.
+unsafe impl Send for ModelHandle {}
+// SAFETY: as above, the model is only read after loading.
+unsafe impl Sync for ModelHandle {}
+
+impl Drop for ModelHandle {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from llama_model_load_from_file and every
+        // context and adapter holds an Arc to this handle, so none outlives it.
+        unsafe { sys::llama_model_free(self.0.as_ptr()) };
+    }
+}
+
+/// A backbone loaded by llama.cpp (memory-mapped, CPU).
+#[derive(Clone)]
+pub struct Model {
+    handle: Arc<ModelHandle>,
+}
+
+impl Model {
+    /// Loads a GGUF model. The caller has verified the file (checksum, metadata):
+    /// llama.cpp's own checks do not catch corrupted weights.
+    pub fn load(path: &Path) -> Result<Self, LlamaError> {
+        init_backend();
+        let c_path = c_path(path)?;
+        // SAFETY: returns a plain struct of defaults.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        params.n_gpu_layers = 0;
+        params.load_mode = sys::LLAMA_LOAD_MODE_MMAP;
+        // SAFETY: `c_path` is a valid C string for the call; params is by value.
+        let ptr = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) };
+        let ptr = NonNull::new(ptr).ok_or(LlamaError::ModelLoad)?;
+        Ok(Self { handle: Arc::new(ModelHandle(ptr)) })
+    }
+
+    fn ptr(&self) -> *mut sys::llama_model {
+        self.handle.0.as_ptr()
+    }
+
+    pub fn n_embd(&self) -> usize {
+        // SAFETY: the model pointer is valid while `self` lives.
+        unsafe { sys::llama_model_n_embd(self.ptr()) as usize }
+    }
+
+    pub fn n_layer(&self) -> usize {
+        // SAFETY: as above.
+        unsafe { sys::llama_model_n_layer(self.ptr()) as usize }
+    }
+
+    /// Tokenizes `text`, adding BOS when the model wants it. Control-token text
+    /// inside `text` stays plain text: item titles cannot inject special tokens.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<Token>, LlamaError> {
+        let len = i32::try_from(text.len()).map_err(|_| LlamaError::Tokenize(i32::MIN))?;
+        // SAFETY: the vocab pointer lives as long as the model.
+        let vocab = unsafe { sys::llama_model_get_vocab(self.ptr()) };
+        let mut tokens: Vec<Token> = vec![0; text.len() + 2];
+        loop {
+            // SAFETY: `text` is valid for `len` bytes (no NUL needed, the length is
+            // passed), `tokens` has room for `tokens.len()` ids.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    vocab,
+                    text.as_ptr().cast(),
+                    len,
+                    tokens.as_mut_ptr(),
+                    tokens.len() as i32,
+                    true,
+                    false,
+                )
+            };
+            if n >= 0 {
+                tokens.truncate(n as usize);
+                return Ok(tokens);
+            }
+            if n == i32::MIN {
+                return Err(LlamaError::Tokenize(n));
+            }
+            // A negative count is the size needed: grow and try again.
+            tokens.resize((-n) as usize, 0);
+        }
+    }
+
+    /// Loads a LoRA adapter for this model. The caller has validated the file.
+    pub fn load_adapter(&self, path: &Path) -> Result<Adapter, LlamaError> {
+        let c_path = c_path(path)?;
+        // SAFETY: the model is valid, the path a valid C string; a NULL result is
+        // llama.cpp's way of reporting a bad file (it does not abort).
+        let ptr = unsafe { sys::llama_adapter_lora_init(self.ptr(), c_path.as_ptr()) };
+        let ptr = NonNull::new(ptr).ok_or(LlamaError::AdapterLoad)?;
+        Ok(Adapter {
+            handle: Arc::new(AdapterHandle { ptr, _model: self.handle.clone() }),
+        })
+    }
+}
+
+struct AdapterHandle {
+    ptr: NonNull<sys::llama_adapter_lora>,
+    // Keeps the model alive: an adapter is only valid while its model is.
+    _model: Arc<ModelHandle>,
+}
+
+// SAFETY: an adapter is immutable after loading; contexts only read it.
+unsafe impl Send for AdapterHandle {}
+// SAFETY: as above.
+unsafe impl Sync for AdapterHandle {}
+
+impl Drop for AdapterHandle {
+    fn drop(&mut self) {
+        // SAFETY: every context that has this adapter set holds an Arc to this
+        // handle, so no context can use it after this point; the model is alive.
+        unsafe { sys::llama_adapter_lora_free(self.ptr.as_ptr()) };
+    }
+}
+
+/// A LoRA adapter loaded into a model's memory.
+#[derive(Clone)]
+pub struct Adapter {
+    handle: Arc<AdapterHandle>,
+}
+
+impl Adapter {
+    /// Identity of the loaded adapter (two clones compare equal).
+    pub fn same_as(&self, other: &Adapter) -> bool {
+        Arc::ptr_eq(&self.handle, &other.handle)
+    }
+}
+
+/// How a context is created.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextParams {
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub threads: u32,
+}
+
+/// A llama.cpp context that outputs final hidden states (after the output norm)
+/// for the tokens it is asked about. One sequence; not shareable across threads.
+pub struct Context {
+    ptr: NonNull<sys::llama_context>,
+    batch: sys::llama_batch,
+    params: ContextParams,
+    n_embd: usize,
+    // The adapters currently set, kept alive while llama.cpp refers to them.
+    adapters: Vec<Adapter>,
+    // Read by llama.cpp's abort callback between graph nodes.
+    cancel: Arc<AtomicBool>,
+    model: Model,
+}
+
+// SAFETY: a llama_context may move between threads; it is never used from two
+// threads at once because every method takes `&mut self` or `&self` on a type
+// that is not Sync.
+unsafe impl Send for Context {}
+
+extern "C" fn abort_if_cancelled(data: *mut c_void) -> bool {
+    // SAFETY: `data` is the AtomicBool owned by the Context's Arc, which outlives
+    // the llama_context that calls this.
+    let flag = unsafe { &*(data as *const AtomicBool) };
+    flag.load(Ordering::Relaxed)
+}
+
+impl Context {
+    pub fn new(model: &Model, params: ContextParams) -> Result<Self, LlamaError> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        // SAFETY: returns a plain struct of defaults.
+        let mut cp = unsafe { sys::llama_context_default_params() };
+        cp.n_ctx = params.n_ctx;
+        cp.n_batch = params.n_batch;
+        cp.n_ubatch = params.n_batch;
+        cp.n_seq_max = 1;
+        cp.n_threads = params.threads as i32;
+        cp.n_threads_batch = params.threads as i32;
+        cp.embeddings = true;
+        cp.pooling_type = sys::LLAMA_POOLING_TYPE_NONE;
+        // Flash attention changes the arithmetic with the batch layout; off keeps
+        // appended and re-encoded states equal on unquantized weights.
+        cp.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        // A full-size sliding-window cache lets us roll the sequence back to any
+        // shared prefix instead of re-encoding it.
+        cp.swa_full = true;
+        cp.no_perf = true;
+        cp.abort_callback = Some(abort_if_cancelled);
+        cp.abort_callback_data = Arc::as_ptr(&cancel) as *mut c_void;
+        // SAFETY: the model is valid; the callback data outlives the context
+        // (the Arc is stored in the returned struct and dropped after llama_free).
+        let ptr = unsafe { sys::llama_init_from_model(model.ptr(), cp) };
+        let ptr = NonNull::new(ptr).ok_or(LlamaError::ContextInit {
+            n_ctx: params.n_ctx,
+            n_batch: params.n_batch,
+        })?;
+        // SAFETY: allocates a token batch of n_batch entries, one sequence each;
+        // freed in Drop.
+        let batch = unsafe { sys::llama_batch_init(params.n_batch as i32, 0, 1) };
+        Ok(Self {
+            ptr,
+            batch,
+            params,
+            n_embd: model.n_embd(),
+            adapters: Vec::new(),
+            cancel,
+            model: model.clone(),
+        })
+    }
+
+    pub fn params(&self) -> ContextParams {
+        self.params
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// A flag that, once set, makes the running and every later decode fail
+    /// with [`LlamaError::Cancelled`] until [`Context::reset_cancel`].
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    pub fn reset_cancel(&self) {
+        self.cancel.store(false, Ordering::Relaxed);
+    }
+
+    pub fn set_threads(&mut self, threads: u32) {
+        self.params.threads = threads;
+        // SAFETY: the context is valid and exclusively borrowed.
+        unsafe { sys::llama_set_n_threads(self.ptr.as_ptr(), threads as i32, threads as i32) };
+    }
+
+    /// Sets the whole LoRA mixture at once (one `llama_set_adapters_lora` call).
+    pub fn set_adapters(&mut self, mixture: &[(Adapter, f32)]) -> Result<(), LlamaError> {
+        let mut ptrs: Vec<*mut sys::llama_adapter_lora> =
+            mixture.iter().map(|(a, _)| a.handle.ptr.as_ptr()).collect();
+        let mut scales: Vec<f32> = mixture.iter().map(|(_, s)| *s).collect();
+        // SAFETY: both arrays hold `mixture.len()` valid entries for the call;
+        // the adapters belong to this context's model and are kept alive in
+        // `self.adapters` for as long as they stay set.
+        let rc = unsafe {
+            sys::llama_set_adapters_lora(
+                self.ptr.as_ptr(),
+                ptrs.as_mut_ptr(),
+                ptrs.len(),
+                scales.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(LlamaError::SetAdapters(rc));
+        }
+        self.adapters = mixture.iter().map(|(a, _)| a.clone()).collect();
+        Ok(())
+    }
+
+    /// Forgets every cached token.
+    pub fn clear(&mut self) {
+        // SAFETY: the context is valid; its memory handle lives as long as it.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) };
+    }
+
+    /// Drops cached tokens at positions `from..`; false when the cache cannot
+    /// (the caller then clears and re-encodes).
+    pub fn truncate(&mut self, from: usize) -> bool {
+        // SAFETY: the context is valid; sequence 0 is the only one in use.
+        unsafe { sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), 0, from as i32, -1) }
+    }
+
+    /// Evaluates `tokens` at positions `start..start + tokens.len()` of the
+    /// cached sequence, in chunks of at most `n_batch` tokens, and returns the
+    /// hidden state of every token index listed in `outputs` (ascending,
+    /// relative to `tokens`).
+    pub fn decode(
+        &mut self,
+        tokens: &[Token],
+        start: usize,
+        outputs: &[usize],
+    ) -> Result<Vec<Vec<f32>>, LlamaError> {
+        let end = start + tokens.len();
+        if end > self.params.n_ctx as usize {
+            return Err(LlamaError::ContextFull { tokens: end, n_ctx: self.params.n_ctx });
+        }
+        let mut states = Vec::with_capacity(outputs.len());
+        let mut next_output = outputs.iter().copied().peekable();
+        let chunk_len = self.params.n_batch as usize;
+        for (chunk_index, chunk) in tokens.chunks(chunk_len).enumerate() {
+            let offset = chunk_index * chunk_len;
+            let mut wanted = Vec::new();
+            while let Some(&i) = next_output.peek() {
+                if i >= offset + chunk.len() {
+                    break;
+                }
+                wanted.push(i - offset);
+                next_output.next();
+            }
+            self.fill_batch(chunk, start + offset, &wanted);
+            self.run_batch()?;
+            for (out_index, _) in wanted.iter().enumerate() {
+                states.push(self.embedding(out_index)?);
+            }
+        }
+        Ok(states)
+    }
+
+    fn fill_batch(&mut self, chunk: &[Token], start: usize, wanted: &[usize]) {
+        let b = &mut self.batch;
+        b.n_tokens = chunk.len() as i32;
+        for (i, &token) in chunk.iter().enumerate() {
+            // SAFETY: the batch was allocated for n_batch >= chunk.len() tokens with
+            // one sequence id each, so every index written here is in bounds.
+            unsafe {
+                *b.token.add(i) = token;
+                *b.pos.add(i) = (start + i) as i32;
+                *b.n_seq_id.add(i) = 1;
+                *(*b.seq_id.add(i)) = 0;
+                *b.logits.add(i) = 0;
+            }
+        }
+        for &i in wanted {
+            // SAFETY: `i < chunk.len()` by construction in `decode`.
+            unsafe { *b.logits.add(i) = 1 };
+        }
+    }
+
+    fn run_batch(&mut self) -> Result<(), LlamaError> {
+        // SAFETY: the batch is fully initialised for n_tokens entries, which never
+        // exceed the context's n_batch (the chunking above guarantees it).
+        let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), self.batch) };
+        match rc {
+            0 => Ok(()),
+            2 => Err(LlamaError::Cancelled),
+            _ if self.cancel.load(Ordering::Relaxed) => Err(LlamaError::Cancelled),
+            _ => Err(LlamaError::Decode(rc)),
+        }
+    }
+
+    fn embedding(&self, out_index: usize) -> Result<Vec<f32>, LlamaError> {
+        // SAFETY: the context is valid; llama.cpp returns NULL for an invalid
+        // index, else a pointer to n_embd floats valid until the next decode,
+        // which we copy at once.
+        unsafe {
+            let ptr = sys::llama_get_embeddings_ith(self.ptr.as_ptr(), out_index as i32);
+            if ptr.is_null() {
+                return Err(LlamaError::NoEmbedding(out_index));
+            }
+            Ok(std::slice::from_raw_parts(ptr, self.n_embd).to_vec())
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: the batch came from llama_batch_init and the context from
+        // llama_init_from_model; neither is used after this.
+        unsafe {
+            sys::llama_batch_free(self.batch);
+            sys::llama_free(self.ptr.as_ptr());
+        }
+    }
+}
+
+/// Reads one string of the model's GGUF metadata as llama.cpp parsed it.
+pub fn model_meta(model: &Model, key: &str) -> Option<String> {
+    let key = CString::new(key).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: the buffer has buf.len() bytes; llama.cpp NUL-terminates within it.
+    let n = unsafe {
+        sys::llama_model_meta_val_str(model.ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    if n < 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}

@@ -1,0 +1,11 @@
+//! l2rec: the on-device runtime of the L2Rec recommender (see `docs/ARCHITECTURE.md`).
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+pub mod ffi;
+pub mod kernels;
+pub mod assets;
+pub mod backbone;
+pub mod bundle;
+pub mod lora;
+pub mod prompt;
