@@ -7,5 +7,8 @@ pub mod kernels;
 pub mod assets;
 pub mod backbone;
 pub mod bundle;
+pub mod catalog;
 pub mod lora;
+pub mod model;
 pub mod prompt;
+pub mod zeroshot;

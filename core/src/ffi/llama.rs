@@ -217,8 +217,61 @@ pub struct ContextParams {
     pub threads: u32,
 }
 
+/// Most hidden states one decode call returns. Bounds the logits buffers
+/// llama.cpp reserves (262k floats per output for Gemma 3).
+pub const MAX_OUTPUTS_PER_CALL: usize = 64;
+
+/// The rows of the graph's `result_norm` tensor (the final hidden states after
+/// the output norm, one per output token), captured by the eval callback.
+struct Capture {
+    n_embd: usize,
+    rows: Vec<f32>,
+    failed: bool,
+}
+
+const RESULT_NORM: &[u8] = b"result_norm";
+
+extern "C" fn capture_result_norm(t: *mut sys::ggml_tensor, ask: bool, data: *mut c_void) -> bool {
+    // SAFETY: ggml passes a valid tensor of the graph being computed.
+    let tensor = unsafe { &*t };
+    // SAFETY: ggml tensor names are NUL-terminated within their fixed array.
+    let name = unsafe { CStr::from_ptr(tensor.name.as_ptr()) };
+    if ask {
+        // Observe only the final norm's output; everything else runs unobserved.
+        return name.to_bytes() == RESULT_NORM;
+    }
+    // SAFETY: `data` is the Capture boxed in the Context that owns this
+    // llama_context; it outlives every decode and is only touched here and by
+    // that Context between decodes (never concurrently).
+    let capture = unsafe { &mut *(data as *mut Capture) };
+    let rows = tensor.ne[1] as usize;
+    if tensor.type_ != sys::GGML_TYPE_F32 || tensor.ne[0] as usize != capture.n_embd {
+        capture.failed = true;
+        return false;
+    }
+    let start = capture.rows.len();
+    capture.rows.resize(start + rows * capture.n_embd, 0.0);
+    // SAFETY: the tensor holds ne[0] * ne[1] contiguous f32 values (checked type
+    // and width; result_norm is a fresh, contiguous tensor), the destination has
+    // room for exactly that many bytes.
+    unsafe {
+        sys::ggml_backend_tensor_get(
+            t,
+            capture.rows[start..].as_mut_ptr().cast(),
+            0,
+            rows * capture.n_embd * std::mem::size_of::<f32>(),
+        )
+    };
+    true
+}
+
 /// A llama.cpp context that outputs final hidden states (after the output norm)
 /// for the tokens it is asked about. One sequence; not shareable across threads.
+///
+/// The context is a generative one with output flags on the wanted tokens
+/// only, and the states are read from the graph by an eval callback: an
+/// embeddings context would output (and run the 262k-word output layer on)
+/// every token, which costs more than the rest of the model.
 pub struct Context {
     ptr: NonNull<sys::llama_context>,
     batch: sys::llama_batch,
@@ -228,6 +281,8 @@ pub struct Context {
     adapters: Vec<Adapter>,
     // Read by llama.cpp's abort callback between graph nodes.
     cancel: Arc<AtomicBool>,
+    // Written by the eval callback during decode; boxed for a stable address.
+    capture: Box<Capture>,
     model: Model,
 }
 
@@ -246,6 +301,7 @@ extern "C" fn abort_if_cancelled(data: *mut c_void) -> bool {
 impl Context {
     pub fn new(model: &Model, params: ContextParams) -> Result<Self, LlamaError> {
         let cancel = Arc::new(AtomicBool::new(false));
+        let mut capture = Box::new(Capture { n_embd: model.n_embd(), rows: Vec::new(), failed: false });
         // SAFETY: returns a plain struct of defaults.
         let mut cp = unsafe { sys::llama_context_default_params() };
         cp.n_ctx = params.n_ctx;
@@ -254,8 +310,10 @@ impl Context {
         cp.n_seq_max = 1;
         cp.n_threads = params.threads as i32;
         cp.n_threads_batch = params.threads as i32;
-        cp.embeddings = true;
-        cp.pooling_type = sys::LLAMA_POOLING_TYPE_NONE;
+        cp.n_outputs_max = MAX_OUTPUTS_PER_CALL as u32;
+        cp.embeddings = false;
+        cp.cb_eval = Some(capture_result_norm);
+        cp.cb_eval_user_data = (&mut *capture as *mut Capture).cast();
         // Flash attention changes the arithmetic with the batch layout; off keeps
         // appended and re-encoded states equal on unquantized weights.
         cp.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -265,8 +323,9 @@ impl Context {
         cp.no_perf = true;
         cp.abort_callback = Some(abort_if_cancelled);
         cp.abort_callback_data = Arc::as_ptr(&cancel) as *mut c_void;
-        // SAFETY: the model is valid; the callback data outlives the context
-        // (the Arc is stored in the returned struct and dropped after llama_free).
+        // SAFETY: the model is valid; both callbacks' data outlive the context
+        // (the Arc and the Box are stored in the returned struct and dropped
+        // after llama_free).
         let ptr = unsafe { sys::llama_init_from_model(model.ptr(), cp) };
         let ptr = NonNull::new(ptr).ok_or(LlamaError::ContextInit {
             n_ctx: params.n_ctx,
@@ -282,6 +341,7 @@ impl Context {
             n_embd: model.n_embd(),
             adapters: Vec::new(),
             cancel,
+            capture,
             model: model.clone(),
         })
     }
@@ -347,9 +407,10 @@ impl Context {
     }
 
     /// Evaluates `tokens` at positions `start..start + tokens.len()` of the
-    /// cached sequence, in chunks of at most `n_batch` tokens, and returns the
-    /// hidden state of every token index listed in `outputs` (ascending,
-    /// relative to `tokens`).
+    /// cached sequence and returns the hidden state of every token index listed
+    /// in `outputs` (ascending, relative to `tokens`). Splits the work into
+    /// calls of at most `n_batch` tokens and [`MAX_OUTPUTS_PER_CALL`] outputs:
+    /// llama.cpp aborts the process on a batch larger than `n_batch`.
     pub fn decode(
         &mut self,
         tokens: &[Token],
@@ -360,24 +421,26 @@ impl Context {
         if end > self.params.n_ctx as usize {
             return Err(LlamaError::ContextFull { tokens: end, n_ctx: self.params.n_ctx });
         }
+        debug_assert!(outputs.windows(2).all(|w| w[0] < w[1]) && outputs.last().is_none_or(|&o| o < tokens.len()));
         let mut states = Vec::with_capacity(outputs.len());
-        let mut next_output = outputs.iter().copied().peekable();
-        let chunk_len = self.params.n_batch as usize;
-        for (chunk_index, chunk) in tokens.chunks(chunk_len).enumerate() {
-            let offset = chunk_index * chunk_len;
-            let mut wanted = Vec::new();
-            while let Some(&i) = next_output.peek() {
-                if i >= offset + chunk.len() {
+        let mut next_output = 0;
+        let mut offset = 0;
+        while offset < tokens.len() {
+            let mut len = (tokens.len() - offset).min(self.params.n_batch as usize);
+            let first_output = next_output;
+            while next_output < outputs.len() && outputs[next_output] < offset + len {
+                if next_output - first_output == MAX_OUTPUTS_PER_CALL {
+                    // End the call right after the last output it can hold.
+                    len = outputs[next_output - 1] + 1 - offset;
                     break;
                 }
-                wanted.push(i - offset);
-                next_output.next();
+                next_output += 1;
             }
-            self.fill_batch(chunk, start + offset, &wanted);
+            let wanted: Vec<usize> = outputs[first_output..next_output].iter().map(|i| i - offset).collect();
+            self.fill_batch(&tokens[offset..offset + len], start + offset, &wanted);
             self.run_batch()?;
-            for (out_index, _) in wanted.iter().enumerate() {
-                states.push(self.embedding(out_index)?);
-            }
+            states.extend(self.captured(wanted.len())?);
+            offset += len;
         }
         Ok(states)
     }
@@ -403,6 +466,8 @@ impl Context {
     }
 
     fn run_batch(&mut self) -> Result<(), LlamaError> {
+        self.capture.rows.clear();
+        self.capture.failed = false;
         // SAFETY: the batch is fully initialised for n_tokens entries, which never
         // exceed the context's n_batch (the chunking above guarantees it).
         let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), self.batch) };
@@ -414,17 +479,13 @@ impl Context {
         }
     }
 
-    fn embedding(&self, out_index: usize) -> Result<Vec<f32>, LlamaError> {
-        // SAFETY: the context is valid; llama.cpp returns NULL for an invalid
-        // index, else a pointer to n_embd floats valid until the next decode,
-        // which we copy at once.
-        unsafe {
-            let ptr = sys::llama_get_embeddings_ith(self.ptr.as_ptr(), out_index as i32);
-            if ptr.is_null() {
-                return Err(LlamaError::NoEmbedding(out_index));
-            }
-            Ok(std::slice::from_raw_parts(ptr, self.n_embd).to_vec())
+    /// The states the eval callback captured in the last decode, one per output.
+    fn captured(&mut self, expected: usize) -> Result<Vec<Vec<f32>>, LlamaError> {
+        let n_embd = self.capture.n_embd;
+        if self.capture.failed || self.capture.rows.len() != expected * n_embd {
+            return Err(LlamaError::NoEmbedding(expected));
         }
+        Ok(self.capture.rows.chunks_exact(n_embd).map(<[f32]>::to_vec).collect())
     }
 }
 
@@ -452,4 +513,33 @@ pub fn model_meta(model: &Model, key: &str) -> Option<String> {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// A bare llama.cpp decode loop for benchmarks: a fresh context with `params`
+/// (the same settings [`Context`] uses), `tokens` decoded from an empty cache
+/// `reps` times with an output on the last token only. Returns each decode's
+/// wall time; no copies, no bookkeeping.
+pub fn bench_raw_decode(
+    model: &Model,
+    params: ContextParams,
+    tokens: &[Token],
+    reps: usize,
+) -> Result<Vec<std::time::Duration>, LlamaError> {
+    if tokens.is_empty() || tokens.len() > params.n_batch as usize {
+        return Err(LlamaError::ContextFull { tokens: tokens.len(), n_ctx: params.n_batch });
+    }
+    let mut ctx = Context::new(model, params)?;
+    let last = tokens.len() - 1;
+    ctx.fill_batch(tokens, 0, &[last]);
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        ctx.clear();
+        let started = std::time::Instant::now();
+        ctx.run_batch()?;
+        times.push(started.elapsed());
+        if ctx.capture.rows.len() != ctx.n_embd {
+            return Err(LlamaError::NoEmbedding(0));
+        }
+    }
+    Ok(times)
 }

@@ -1,0 +1,136 @@
+//! `l2rec bench backbone`: our backbone API against a bare llama.cpp loop,
+//! the cost of the expert mixture, and of incremental history updates.
+
+use std::time::{Duration, Instant};
+
+use l2rec::backbone::{default_threads, Backbone, BackboneConfig, Expert, ModelInfo, Session, Token};
+use l2rec::catalog::Dataset;
+use l2rec::ffi::llama::{bench_raw_decode, ContextParams};
+use l2rec::lora::{write_random_expert, LoraSpec, MODULES};
+use l2rec::prompt::{ItemRef, View};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct BackboneArgs {
+    /// Print one JSON object (the default prints it too, pretty).
+    #[arg(long)]
+    pub json: bool,
+    /// Repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    pub reps: usize,
+    /// llama.cpp threads (default: half the cores, at most 4).
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// History length of the semantic pass.
+    #[arg(long, default_value_t = 20)]
+    pub items: usize,
+}
+
+fn median(mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    times[times.len() / 2].as_secs_f64()
+}
+
+fn time(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    f()?; // warm-up: the first decode after a change re-reserves buffers
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let started = Instant::now();
+        f()?;
+        times.push(started.elapsed());
+    }
+    Ok(median(times))
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
+fn semantic_prompt(data: &Dataset, items: usize) -> (String, String) {
+    let (_, template) = l2rec::zeroshot::default_templates();
+    let rows = &data.histories[0].rows;
+    let render = |n: usize| {
+        let refs = rows[..n].iter().map(|&r| ItemRef { id: &data.catalog.ids[r as usize], text: &data.catalog.texts[r as usize] });
+        template.render(View::Semantic, refs)
+    };
+    (render(items - 1), render(items))
+}
+
+fn random_experts(info: &ModelInfo, layers: Vec<u32>, dir: &std::path::Path, bb: &Backbone) -> anyhow::Result<Vec<Expert>> {
+    let spec = LoraSpec { rank: 8, alpha: 16.0, layers, modules: MODULES.iter().map(|m| m.to_string()).collect() };
+    (0..2)
+        .map(|seed| {
+            let path = dir.join(format!("bench-{}-{seed}.gguf", spec.layers.len()));
+            write_random_expert(&path, info, &spec, seed, 0.02)?;
+            Ok(bb.load_expert(&path)?)
+        })
+        .collect()
+}
+
+fn mixture_time(session: &mut Session, experts: &[Expert], tokens: &[Token], reps: usize) -> anyhow::Result<f64> {
+    let mixture: Vec<(&Expert, f32)> = experts.iter().map(|e| (e, 0.5)).collect();
+    session.set_mixture(&mixture)?;
+    time(reps, || Ok(session.state_fresh(tokens).map(drop)?))
+}
+
+pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
+    let threads = args.threads.unwrap_or_else(default_threads);
+    let info = ModelInfo::read(&l2rec::assets::model_path()?, Some(l2rec::assets::MODEL_SHA256))?;
+    let config = BackboneConfig { threads: Some(threads), ..Default::default() };
+    let bb = Backbone::open_verified(info.clone(), config.clone())?;
+    let data = Dataset::load_ml100k(&l2rec::assets::ml100k_dir()?)?;
+    let (shorter, prompt) = semantic_prompt(&data, args.items);
+    let tokens = bb.tokenize(&prompt)?;
+    let shorter = bb.tokenize(&shorter)?;
+    let mut session = bb.session()?;
+
+    let params = ContextParams { n_ctx: config.n_ctx, n_batch: config.n_batch, threads };
+    let raw = median(bench_raw_decode(bb.model(), params, &tokens, args.reps + 1)?[1..].to_vec());
+    let engine = time(args.reps, || Ok(session.state_fresh(&tokens).map(drop)?))?;
+
+    let dir = tempfile::tempdir()?;
+    let top4: Vec<u32> = (info.n_layer as u32 - 4..info.n_layer as u32).collect();
+    let all: Vec<u32> = (0..info.n_layer as u32).collect();
+    let experts_top4 = random_experts(&info, top4, dir.path(), &bb)?;
+    let experts_all = random_experts(&info, all, dir.path(), &bb)?;
+    let base = mixture_time(&mut session, &[], &tokens, args.reps)?;
+    let dpmoe_top4 = mixture_time(&mut session, &experts_top4, &tokens, args.reps)?;
+    let dpmoe_all = mixture_time(&mut session, &experts_all, &tokens, args.reps)?;
+    session.set_mixture(&[])?;
+
+    let full = time(args.reps, || Ok(session.state_fresh(&tokens).map(drop)?))?;
+    let mut incremental_times = Vec::new();
+    for _ in 0..=args.reps {
+        session.state_fresh(&shorter)?;
+        let started = Instant::now();
+        session.state(&tokens)?;
+        incremental_times.push(started.elapsed());
+    }
+    let appended = session.tokens_evaluated_last();
+    let incremental = median(incremental_times[1..].to_vec());
+
+    let report = json!({
+        "tokens": tokens.len(),
+        "threads": threads,
+        "reps": args.reps,
+        "raw_tokens_per_s": tokens.len() as f64 / raw,
+        "engine_tokens_per_s": tokens.len() as f64 / engine,
+        "engine_vs_raw": raw / engine,
+        "base_ms": base * 1e3,
+        "dpmoe_top4_ms": dpmoe_top4 * 1e3,
+        "dpmoe_vs_base": dpmoe_top4 / base,
+        "dpmoe_all_layers_vs_base": dpmoe_all / base,
+        "full_reencode_ms": full * 1e3,
+        "incremental_ms": incremental * 1e3,
+        "incremental_tokens": appended,
+        "incremental_vs_full": incremental / full,
+        "load_avg": load_avg(),
+        "cpu_threads_available": std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}

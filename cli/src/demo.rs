@@ -1,0 +1,175 @@
+//! `l2rec demo`: top-10 recommendations for a few MovieLens-100K users, with
+//! the latency of every step.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use l2rec::assets;
+use l2rec::backbone::{Backbone, BackboneConfig, ModelInfo};
+use l2rec::bundle::Bundle;
+use l2rec::catalog::Dataset;
+use l2rec::model::L2Rec;
+use l2rec::prompt::View;
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// The bundle to serve (default: the zero-shot bundle, built on first use).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// ml-100k user ids, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub users: Vec<String>,
+    /// Recommendations per user.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// llama.cpp threads (default: half the cores, at most 4).
+    #[arg(long)]
+    pub threads: Option<u32>,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let model_path = assets::model_path()?;
+    let started = Instant::now();
+    let info = ModelInfo::read(&model_path, Some(assets::MODEL_SHA256))?;
+    let verified = started.elapsed();
+    let started = Instant::now();
+    let config = BackboneConfig { threads: args.threads, ..Default::default() };
+    let backbone = Backbone::open_verified(info, config)?;
+    println!(
+        "backbone: {} ({:.0} MB): sha256 verified in {}, loaded in {}",
+        model_path.display(),
+        backbone.info().file_bytes as f64 / 1e6,
+        ms(verified),
+        ms(started.elapsed())
+    );
+
+    let started = Instant::now();
+    let data = Dataset::load_ml100k(&assets::ml100k_dir()?)?;
+    println!(
+        "catalog: ml-100k, {} items, {} users, loaded in {}",
+        data.catalog.len(),
+        data.histories.len(),
+        ms(started.elapsed())
+    );
+
+    let bundle_dir = match &args.bundle {
+        Some(dir) => dir.clone(),
+        None => zero_shot_bundle(&backbone, &data)?,
+    };
+    let started = Instant::now();
+    let bundle = Bundle::open(&bundle_dir, backbone.info()).with_context(|| format!("opening bundle {}", bundle_dir.display()))?;
+    let opened = started.elapsed();
+    println!("bundle: {}", bundle_dir.display());
+    let started = Instant::now();
+    let mut bar = progress_bar("item text states");
+    let mut model = L2Rec::new(backbone, bundle, &mut bar.callback())?;
+    bar.finish();
+    println!(
+        "bundle {:?}: {}+{} experts, verified in {}, served in {} on the {:?} scorer ({})",
+        model.bundle().manifest.name,
+        model.bundle().manifest.views.behavioral.experts,
+        model.bundle().manifest.views.semantic.experts,
+        ms(opened),
+        ms(started.elapsed()),
+        model.scorer().backend(),
+        model.scorer().adapter_name()
+    );
+    for user in &args.users {
+        recommend_for(&mut model, &data, user, args.k)?;
+    }
+    Ok(())
+}
+
+fn recommend_for(model: &mut L2Rec, data: &Dataset, user: &str, k: usize) -> anyhow::Result<()> {
+    let history = data.history(user).with_context(|| format!("ml-100k has no user {user}"))?;
+    // The bundle has its own catalog order: translate through item ids.
+    let rows = model.bundle().item_rows();
+    let to_bundle_row = |r: &u32| rows.get(data.catalog.ids[*r as usize].as_str()).map(|&b| b as u32);
+    let bundle_rows: Vec<u32> = history.rows.iter().filter_map(to_bundle_row).collect();
+    // Hold the last interaction back, as the evaluation protocol does, and show
+    // whether it comes up.
+    let (held_out, seen) = bundle_rows.split_last().context("user without interactions in this bundle")?;
+    let texts = model.bundle().items.texts.clone();
+    let text = |row: u32| texts[row as usize].as_str();
+    let phi = model.bundle().heads.phi_mean.clone();
+    let mut pref = model.preference(&phi, seen)?;
+    let hits = model.top_k(&mut pref, seen, k)?;
+    let latest: Vec<&str> = seen.iter().rev().take(3).map(|&r| text(r)).collect();
+    println!("\nuser {user}: {} interactions; latest: {}", seen.len(), latest.join("; "));
+    let t = &pref.timings;
+    println!(
+        "  latency: gate {}, behavioral view {}, semantic view {} ({} tokens evaluated), heads {}, scoring {}",
+        ms(t.gate),
+        ms(t.behavioral),
+        ms(t.semantic),
+        t.tokens_evaluated,
+        ms(t.heads),
+        ms(t.score)
+    );
+    for view in View::BOTH {
+        let g = &pref.scales[&view];
+        if !g.is_empty() {
+            println!("  {view} expert scales: {g:.3?}");
+        }
+    }
+    for (rank, hit) in hits.iter().enumerate() {
+        let mark = if hit.row == *held_out { "  <- the held-out next item" } else { "" };
+        println!("  {:>2}. {:<60} {:>9.4}{mark}", rank + 1, text(hit.row), hit.score);
+    }
+    println!("  held-out next item: {}", text(*held_out));
+    Ok(())
+}
+
+/// The cached zero-shot bundle for this backbone, built on first use.
+fn zero_shot_bundle(backbone: &Backbone, data: &Dataset) -> anyhow::Result<PathBuf> {
+    let dir = assets::bundles_dir().join(format!("zero-shot-ml-100k-{}", &backbone.info().sha256[..12]));
+    if Bundle::open(&dir, backbone.info()).is_ok() {
+        return Ok(dir);
+    }
+    println!("building the zero-shot bundle (once; cached at {})", dir.display());
+    std::fs::create_dir_all(dir.parent().unwrap_or(Path::new(".")))?;
+    let mut bar = progress_bar("zero-shot bundle: item text states");
+    l2rec::zeroshot::build(backbone, &data.catalog, &dir, &mut bar.callback())?;
+    bar.finish();
+    Ok(dir)
+}
+
+/// An indicatif bar that appears only once there is work to show.
+pub struct Bar {
+    bar: Option<ProgressBar>,
+    label: &'static str,
+}
+
+pub fn progress_bar(label: &'static str) -> Bar {
+    Bar { bar: None, label }
+}
+
+impl Bar {
+    pub fn callback(&mut self) -> impl FnMut(usize, usize) -> bool + '_ {
+        move |done, total| {
+            let label = self.label;
+            let bar = self.bar.get_or_insert_with(|| {
+                let bar = ProgressBar::new(total as u64);
+                let style = ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} [{elapsed_precise}<{eta_precise}]")
+                    .expect("a valid template");
+                bar.set_style(style);
+                bar.set_message(label);
+                bar
+            });
+            bar.set_position(done as u64);
+            true
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

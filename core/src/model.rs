@@ -1,0 +1,199 @@
+//! The L2Rec forward pass (SPEC steps 1-8) composed from the parts: the
+//! backbone computes view states, the kernels do gate, heads and scoring.
+//! The engine (per-user state, events) builds on this.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::backbone::{Backbone, BackboneError, Expert, Session};
+use crate::bundle::{Bundle, BundleError};
+use crate::kernels::{self, CatalogMatrix, Hit, KernelError, Scorer, Storage};
+use crate::prompt::{ItemRef, Template, View};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Backbone(#[from] BackboneError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("catalog row {row} does not exist (the catalog has {len} items)")]
+    UnknownRow { row: u32, len: usize },
+    #[error("phi has {found} values, the bundle's d_phi is {expected}")]
+    PhiSize { found: usize, expected: usize },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Reports `(done, total)`; returning false cancels the work.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize) -> bool;
+
+/// The base backbone's state of each text rendered as a one-item semantic
+/// history (SPEC step 7's `t_i`), `[N, d]`. Each item is encoded alone, from
+/// scratch, so the result does not depend on batching.
+pub fn item_text_states(
+    backbone: &Backbone,
+    template: &Template,
+    texts: &[String],
+    progress: Progress,
+) -> Result<Vec<f32>, ModelError> {
+    let mut session = backbone.session()?;
+    let mut states = Vec::with_capacity(texts.len() * backbone.n_embd());
+    for (i, text) in texts.iter().enumerate() {
+        if !progress(i, texts.len()) {
+            return Err(ModelError::Cancelled);
+        }
+        let prompt = template.render(View::Semantic, [ItemRef { id: "", text }]);
+        states.extend(session.state_fresh(&backbone.tokenize(&prompt)?)?);
+    }
+    progress(texts.len(), texts.len());
+    Ok(states)
+}
+
+/// Where the time of one preference computation went.
+#[derive(Debug, Clone, Default)]
+pub struct StepTimings {
+    pub gate: Duration,
+    pub behavioral: Duration,
+    pub semantic: Duration,
+    pub heads: Duration,
+    pub score: Duration,
+    pub tokens_evaluated: usize,
+}
+
+/// A user's preference vector and how it came about.
+#[derive(Debug, Clone)]
+pub struct Preference {
+    /// `u`, `[d_r]`.
+    pub u: Vec<f32>,
+    /// The fusion weight of the behavioral view per dimension.
+    pub beta: Vec<f32>,
+    /// Expert scales `g_v` per view.
+    pub scales: BTreeMap<View, Vec<f32>>,
+    pub timings: StepTimings,
+}
+
+/// A bundle ready to serve: experts loaded, item vectors on the scorer.
+pub struct L2Rec {
+    backbone: Backbone,
+    bundle: Bundle,
+    experts: BTreeMap<View, Vec<Expert>>,
+    sessions: BTreeMap<View, Session>,
+    scorer: Scorer,
+}
+
+impl L2Rec {
+    /// Loads the bundle's experts into the backbone and puts the catalog
+    /// (`e_i = E[i] + Q t_i + q`, SPEC step 7) on the scorer. Item text states
+    /// the bundle does not ship are computed here (with progress).
+    pub fn new(backbone: Backbone, bundle: Bundle, progress: Progress) -> Result<Self, ModelError> {
+        let mut experts = BTreeMap::new();
+        let mut sessions = BTreeMap::new();
+        for view in View::BOTH {
+            let loaded = bundle.experts[&view].iter().map(|p| backbone.load_expert(p)).collect::<Result<Vec<_>, _>>()?;
+            experts.insert(view, loaded);
+            sessions.insert(view, backbone.session()?);
+        }
+        let text_states = match &bundle.items.text_state {
+            Some(states) => states.clone(),
+            None => item_text_states(&backbone, &bundle.manifest.views.semantic.template, &bundle.items.texts, progress)?,
+        };
+        let rows = item_vectors(&bundle, &text_states);
+        let catalog = CatalogMatrix::new(rows, bundle.manifest.dims.d_r, bundle.items.bias.clone(), Storage::F32)?;
+        let scorer = Scorer::auto(catalog);
+        Ok(Self { backbone, bundle, experts, sessions, scorer })
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    pub fn scorer(&self) -> &Scorer {
+        &self.scorer
+    }
+
+    /// The user's preference `u` (SPEC steps 1-6) for a history of catalog
+    /// rows, oldest first; only the last `history.max_items` count.
+    pub fn preference(&mut self, phi: &[f32], history: &[u32]) -> Result<Preference, ModelError> {
+        let m = &self.bundle.manifest;
+        let active = |view: View| m.views.get(view).k;
+        let active = [active(View::Behavioral), active(View::Semantic)];
+        if phi.len() != m.dims.d_phi {
+            return Err(ModelError::PhiSize { found: phi.len(), expected: m.dims.d_phi });
+        }
+        let n = self.bundle.items.ids.len();
+        if let Some(&row) = history.iter().find(|&&r| r as usize >= n) {
+            return Err(ModelError::UnknownRow { row, len: n });
+        }
+        let history = &history[history.len().saturating_sub(m.history.max_items)..];
+        let history = history.to_vec();
+        let mut timings = StepTimings::default();
+        let mut scales = BTreeMap::new();
+        let mut z = BTreeMap::new();
+        for (view, k) in View::BOTH.into_iter().zip(active) {
+            let started = Instant::now();
+            let gate = self.bundle.heads.gate(view);
+            let g = kernels::gate(&gate.weight, &gate.bias, phi, k);
+            timings.gate += started.elapsed();
+
+            let started = Instant::now();
+            let h = self.view_state(view, &g, &history)?;
+            match view {
+                View::Behavioral => timings.behavioral = started.elapsed(),
+                View::Semantic => timings.semantic = started.elapsed(),
+            }
+            timings.tokens_evaluated += self.sessions[&view].tokens_evaluated_last();
+
+            let started = Instant::now();
+            let proj = self.bundle.heads.proj(view);
+            z.insert(view, kernels::project(&proj.weight, &proj.bias, &h));
+            timings.heads += started.elapsed();
+            scales.insert(view, g);
+        }
+        let started = Instant::now();
+        let fusion = &self.bundle.heads.fusion;
+        let fused = kernels::fuse(&fusion.weight, &fusion.bias, &z[&View::Behavioral], &z[&View::Semantic]);
+        timings.heads += started.elapsed();
+        Ok(Preference { u: fused.u, beta: fused.beta, scales, timings })
+    }
+
+    fn view_state(&mut self, view: View, scales: &[f32], history: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let items = &self.bundle.items;
+        let mixture: Vec<(&Expert, f32)> = self.experts[&view].iter().zip(scales.iter().copied()).collect();
+        let session = self.sessions.get_mut(&view).expect("a session per view");
+        session.set_mixture(&mixture)?;
+        let refs = history.iter().map(|&r| ItemRef { id: &items.ids[r as usize], text: &items.texts[r as usize] });
+        let prompt = self.bundle.manifest.views.get(view).template.render(view, refs);
+        Ok(session.state(&self.backbone.tokenize(&prompt)?)?)
+    }
+
+    /// The top `k` catalog rows for a preference (SPEC step 8), never one of
+    /// `exclude`.
+    pub fn top_k(&self, pref: &mut Preference, exclude: &[u32], k: usize) -> Result<Vec<Hit>, ModelError> {
+        let started = Instant::now();
+        let mut sorted = exclude.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let hits = self.scorer.top_k(&pref.u, &sorted, k)?;
+        pref.timings.score = started.elapsed();
+        Ok(hits)
+    }
+}
+
+/// `e_i = E[i] + Q t_i + q` for every item, `[N, d_r]`.
+fn item_vectors(bundle: &Bundle, text_states: &[f32]) -> Vec<f32> {
+    let (d, d_r) = (bundle.manifest.dims.d, bundle.manifest.dims.d_r);
+    let q = &bundle.heads.text_proj;
+    let mut rows = Vec::with_capacity(bundle.items.ids.len() * d_r);
+    for (i, t) in text_states.chunks_exact(d).enumerate() {
+        let projected = kernels::project(&q.weight, &q.bias, t);
+        let id_row = &bundle.items.id_embedding[i * d_r..(i + 1) * d_r];
+        rows.extend(projected.iter().zip(id_row).map(|(a, b)| a + b));
+    }
+    rows
+}

@@ -1,0 +1,201 @@
+//! A bundle that needs no training (until the trainer's bundle exists): no
+//! experts, item text states from the base backbone, projections from a
+//! whitened PCA of those states, fusion weight 0.5.
+
+use std::path::{Path, PathBuf};
+
+use crate::backbone::Backbone;
+use crate::bundle::{BackboneRef, BundleWriter, Dims, Heads, HistorySpec, Items, ItemsSpec, Linear, Manifest, ViewSpec, Views, FORMAT, VERSION};
+use crate::catalog::Catalog;
+use crate::lora::{LoraSpec, SplitMix};
+use crate::model::{item_text_states, ModelError, Progress};
+use crate::prompt::Template;
+
+pub const D_R: usize = 64;
+pub const D_PHI: usize = 16;
+pub const MAX_ITEMS: usize = 50;
+
+/// The prompt templates the project uses for ml-100k.
+pub fn default_templates() -> (Template, Template) {
+    (
+        Template { prefix: "Items a user interacted with, oldest first:\n".into(), sep: "\n".into() },
+        Template { prefix: "Movies a user watched, oldest first:\n".into(), sep: "\n".into() },
+    )
+}
+
+/// Builds the zero-shot bundle for `catalog` into `dir` (atomically).
+pub fn build(backbone: &Backbone, catalog: &Catalog, dir: &Path, progress: Progress) -> Result<PathBuf, ModelError> {
+    let info = backbone.info();
+    let d = info.n_embd;
+    let (behavioral, semantic) = default_templates();
+    let states = item_text_states(backbone, &semantic, &catalog.texts, progress)?;
+    let pca = whitened_pca(&states, d, D_R);
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        name: "zero-shot-ml-100k".into(),
+        backbone: BackboneRef {
+            file: info.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            sha256: info.sha256.clone(),
+            arch: info.arch.clone(),
+            n_embd: d,
+            n_layer: info.n_layer,
+        },
+        views: Views {
+            behavioral: ViewSpec { experts: 0, k: 0, template: behavioral },
+            semantic: ViewSpec { experts: 0, k: 0, template: semantic },
+        },
+        lora: LoraSpec { rank: 8, alpha: 16.0, layers: vec![], modules: vec![] },
+        dims: Dims { d, d_r: D_R, d_phi: D_PHI },
+        history: HistorySpec { max_items: MAX_ITEMS },
+        items: ItemsSpec { count: catalog.len() },
+        files: Default::default(),
+    };
+    let heads = Heads {
+        gate_behavioral: Linear::zeros(0, D_PHI),
+        gate_semantic: Linear::zeros(0, D_PHI),
+        phi_mean: vec![0.0; D_PHI],
+        proj_behavioral: pca.clone(),
+        proj_semantic: pca.clone(),
+        fusion: Linear::zeros(D_R, 3 * D_R),
+        text_proj: pca,
+    };
+    let items = Items {
+        ids: catalog.ids.clone(),
+        texts: catalog.texts.clone(),
+        id_embedding: vec![0.0; catalog.len() * D_R],
+        bias: vec![0.0; catalog.len()],
+        text_state: Some(states),
+    };
+    let writer = BundleWriter::new(dir, manifest)?;
+    writer.write_heads(&heads)?;
+    writer.write_items(&items)?;
+    Ok(writer.finish()?)
+}
+
+/// `x -> Λ^{-1/2} V^T (x - μ)` for the top `k` principal directions of the
+/// rows of `x` (`[n, d]`), as a linear layer `[k, d]`. Whitening keeps the
+/// dominant direction of the states from drowning the rest in dot products.
+pub fn whitened_pca(x: &[f32], d: usize, k: usize) -> Linear {
+    let n = x.len() / d;
+    let mean: Vec<f64> = (0..d).map(|j| x.iter().skip(j).step_by(d).map(|&v| v as f64).sum::<f64>() / n as f64).collect();
+    let cov = covariance(x, &mean, d);
+    let (vectors, values) = top_eigenvectors(&cov, d, k);
+    let mut weight = vec![0f32; k * d];
+    let mut bias = vec![0f32; k];
+    for c in 0..k {
+        let scale = 1.0 / values[c].max(1e-12).sqrt();
+        let v = &vectors[c * d..(c + 1) * d];
+        for j in 0..d {
+            weight[c * d + j] = (v[j] * scale) as f32;
+        }
+        bias[c] = -(v.iter().zip(&mean).map(|(a, b)| a * b).sum::<f64>() * scale) as f32;
+    }
+    Linear { weight, bias, rows: k, cols: d }
+}
+
+fn covariance(x: &[f32], mean: &[f64], d: usize) -> Vec<f64> {
+    let n = x.len() / d;
+    let mut cov = vec![0f64; d * d];
+    let mut centered = vec![0f64; d];
+    for row in x.chunks_exact(d) {
+        for j in 0..d {
+            centered[j] = row[j] as f64 - mean[j];
+        }
+        for a in 0..d {
+            let ca = centered[a];
+            let out = &mut cov[a * d..(a + 1) * d];
+            for (o, cb) in out.iter_mut().zip(&centered) {
+                *o += ca * cb;
+            }
+        }
+    }
+    cov.iter_mut().for_each(|c| *c /= n.max(2) as f64 - 1.0);
+    cov
+}
+
+/// Subspace iteration: the `k` leading eigenvectors (rows, `[k, d]`) of a
+/// symmetric PSD matrix and their eigenvalues, largest first, each vector's
+/// largest component positive (a deterministic sign).
+fn top_eigenvectors(m: &[f64], d: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut rng = SplitMix(42);
+    let mut v: Vec<f64> = (0..k * d).map(|_| rng.next_signed() as f64).collect();
+    orthonormalize(&mut v, d);
+    for _ in 0..200 {
+        let mut w = vec![0f64; k * d];
+        for c in 0..k {
+            mat_vec(m, &v[c * d..(c + 1) * d], &mut w[c * d..(c + 1) * d]);
+        }
+        orthonormalize(&mut w, d);
+        v = w;
+    }
+    let mut pairs: Vec<(f64, Vec<f64>)> = (0..k)
+        .map(|c| {
+            let vc = v[c * d..(c + 1) * d].to_vec();
+            let mut mv = vec![0f64; d];
+            mat_vec(m, &vc, &mut mv);
+            let value = vc.iter().zip(&mv).map(|(a, b)| a * b).sum();
+            (value, vc)
+        })
+        .collect();
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut vectors = Vec::with_capacity(k * d);
+    let mut values = Vec::with_capacity(k);
+    for (value, mut vc) in pairs {
+        let peak = vc.iter().copied().fold(0f64, |a, b| if b.abs() > a.abs() { b } else { a });
+        if peak < 0.0 {
+            vc.iter_mut().for_each(|x| *x = -*x);
+        }
+        vectors.extend(vc);
+        values.push(value);
+    }
+    (vectors, values)
+}
+
+fn mat_vec(m: &[f64], v: &[f64], out: &mut [f64]) {
+    let d = v.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = m[i * d..(i + 1) * d].iter().zip(v).map(|(a, b)| a * b).sum();
+    }
+}
+
+/// Modified Gram-Schmidt on the rows of `v` (`[k, d]`).
+fn orthonormalize(v: &mut [f64], d: usize) {
+    let k = v.len() / d;
+    for c in 0..k {
+        for p in 0..c {
+            let (done, rest) = v.split_at_mut(c * d);
+            let prev = &done[p * d..(p + 1) * d];
+            let cur = &mut rest[..d];
+            let dot: f64 = prev.iter().zip(cur.iter()).map(|(a, b)| a * b).sum();
+            cur.iter_mut().zip(prev).for_each(|(x, p)| *x -= dot * p);
+        }
+        let row = &mut v[c * d..(c + 1) * d];
+        let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
+        row.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pca_whitens_the_leading_directions() {
+        // Points spread 10x more along (1,1,0)/sqrt2 than along (0,0,1).
+        let mut rng = SplitMix(7);
+        let mut x = Vec::new();
+        for _ in 0..2000 {
+            let (a, b) = (10.0 * rng.next_signed(), rng.next_signed());
+            x.extend([a / 2f32.sqrt() + 3.0, a / 2f32.sqrt() - 1.0, b]);
+        }
+        let pca = whitened_pca(&x, 3, 2);
+        let first = &pca.weight[..3];
+        let cos = (first[0] + first[1]) / (2f32.sqrt() * first.iter().map(|v| v * v).sum::<f32>().sqrt());
+        assert!(cos > 0.999, "first direction {first:?}");
+        // Projected coordinates have unit variance.
+        let proj: Vec<f32> = x.chunks(3).map(|r| crate::kernels::project(&pca.weight, &pca.bias, r)[0]).collect();
+        let var = proj.iter().map(|p| p * p).sum::<f32>() / proj.len() as f32;
+        assert!((var - 1.0).abs() < 0.05, "variance {var}");
+    }
+}
