@@ -20,7 +20,12 @@ pub struct Linear {
 
 impl Linear {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Self { weight: vec![0.0; rows * cols], bias: vec![0.0; rows], rows, cols }
+        Self {
+            weight: vec![0.0; rows * cols],
+            bias: vec![0.0; rows],
+            rows,
+            cols,
+        }
     }
 }
 
@@ -79,13 +84,15 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn parse(file: &'a Path, bytes: &'a [u8]) -> Result<Self, BundleError> {
-        let tensors = SafeTensors::deserialize(bytes)
-            .map_err(|e| BundleError::Safetensors { file: file.to_owned(), msg: e.to_string() })?;
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| BundleError::Safetensors {
+            file: file.to_owned(),
+            msg: e.to_string(),
+        })?;
         Ok(Self { file, tensors })
     }
 
     fn has(&self, name: &str) -> bool {
-        self.tensors.names().iter().any(|n| *n == name)
+        self.tensors.names().contains(&name)
     }
 
     /// A tensor, checked to be F32 of exactly `shape` and finite.
@@ -94,9 +101,16 @@ impl<'a> Reader<'a> {
         let view = self
             .tensors
             .tensor(name)
-            .map_err(|_| BundleError::MissingTensor { file: file.clone(), name: name.to_owned() })?;
+            .map_err(|_| BundleError::MissingTensor {
+                file: file.clone(),
+                name: name.to_owned(),
+            })?;
         if view.dtype() != Dtype::F32 {
-            return Err(BundleError::Dtype { file, name: name.to_owned(), found: format!("{:?}", view.dtype()) });
+            return Err(BundleError::Dtype {
+                file,
+                name: name.to_owned(),
+                found: format!("{:?}", view.dtype()),
+            });
         }
         if view.shape() != shape {
             return Err(BundleError::Shape {
@@ -112,7 +126,10 @@ impl<'a> Reader<'a> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if values.iter().any(|v| !v.is_finite()) {
-            return Err(BundleError::NonFinite { file, name: name.to_owned() });
+            return Err(BundleError::NonFinite {
+                file,
+                name: name.to_owned(),
+            });
         }
         Ok(values)
     }
@@ -126,10 +143,23 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn string_list(&self, metadata: &Option<HashMap<String, String>>, key: &str, len: usize) -> Result<Vec<String>, BundleError> {
-        let problem = |what: String| BundleError::Metadata { file: self.file.to_owned(), key: key.to_owned(), what };
-        let text = metadata.as_ref().and_then(|m| m.get(key)).ok_or_else(|| problem("missing".into()))?;
-        let list: Vec<String> = serde_json::from_str(text).map_err(|e| problem(format!("not a JSON list of strings: {e}")))?;
+    fn string_list(
+        &self,
+        metadata: &Option<HashMap<String, String>>,
+        key: &str,
+        len: usize,
+    ) -> Result<Vec<String>, BundleError> {
+        let problem = |what: String| BundleError::Metadata {
+            file: self.file.to_owned(),
+            key: key.to_owned(),
+            what,
+        };
+        let text = metadata
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .ok_or_else(|| problem("missing".into()))?;
+        let list: Vec<String> = serde_json::from_str(text)
+            .map_err(|e| problem(format!("not a JSON list of strings: {e}")))?;
         if list.len() != len {
             return Err(problem(format!("{} entries, expected {len}", list.len())));
         }
@@ -140,13 +170,18 @@ impl<'a> Reader<'a> {
 fn read_file(file: &Path) -> Result<Vec<u8>, BundleError> {
     std::fs::read(file).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => BundleError::Missing(file.to_owned()),
-        _ => BundleError::Io { file: file.to_owned(), source },
+        _ => BundleError::Io {
+            file: file.to_owned(),
+            source,
+        },
     })
 }
 
 fn metadata(file: &Path, bytes: &[u8]) -> Result<Option<HashMap<String, String>>, BundleError> {
-    let (_, meta) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| BundleError::Safetensors { file: file.to_owned(), msg: e.to_string() })?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| BundleError::Safetensors {
+        file: file.to_owned(),
+        msg: e.to_string(),
+    })?;
     Ok(meta.metadata().clone())
 }
 
@@ -174,7 +209,10 @@ impl Heads {
 
     pub fn write(&self, file: &Path) -> Result<(), BundleError> {
         let mut t = TensorSet::default();
-        for (view, gate) in [(View::Behavioral, &self.gate_behavioral), (View::Semantic, &self.gate_semantic)] {
+        for (view, gate) in [
+            (View::Behavioral, &self.gate_behavioral),
+            (View::Semantic, &self.gate_semantic),
+        ] {
             if gate.rows > 0 {
                 t.linear(&format!("gate.{view}"), gate);
             }
@@ -194,7 +232,11 @@ impl Items {
         let r = Reader::parse(file, &bytes)?;
         let meta = metadata(file, &bytes)?;
         let n = m.items.count;
-        let text_state = if r.has("item.text_state") { Some(r.f32("item.text_state", &[n, m.dims.d])?) } else { None };
+        let text_state = if r.has("item.text_state") {
+            Some(r.f32("item.text_state", &[n, m.dims.d])?)
+        } else {
+            None
+        };
         Ok(Self {
             ids: r.string_list(&meta, "item_ids", n)?,
             texts: r.string_list(&meta, "item_texts", n)?,
@@ -207,14 +249,24 @@ impl Items {
     pub fn write(&self, file: &Path) -> Result<(), BundleError> {
         let n = self.ids.len();
         let mut t = TensorSet::default();
-        t.add("item.id_embedding", vec![n, self.id_embedding.len() / n.max(1)], &self.id_embedding);
+        t.add(
+            "item.id_embedding",
+            vec![n, self.id_embedding.len() / n.max(1)],
+            &self.id_embedding,
+        );
         t.add("item.bias", vec![n], &self.bias);
         if let Some(states) = &self.text_state {
             t.add("item.text_state", vec![n, states.len() / n.max(1)], states);
         }
         let meta = HashMap::from([
-            ("item_ids".to_owned(), serde_json::to_string(&self.ids).expect("strings serialize")),
-            ("item_texts".to_owned(), serde_json::to_string(&self.texts).expect("strings serialize")),
+            (
+                "item_ids".to_owned(),
+                serde_json::to_string(&self.ids).expect("strings serialize"),
+            ),
+            (
+                "item_texts".to_owned(),
+                serde_json::to_string(&self.texts).expect("strings serialize"),
+            ),
         ]);
         t.write(file, Some(meta))
     }
@@ -225,15 +277,29 @@ impl Users {
         let bytes = read_file(file)?;
         let r = Reader::parse(file, &bytes)?;
         let meta = metadata(file, &bytes)?;
-        let rows = r.tensors.tensor("user.phi").map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
+        let rows = r
+            .tensors
+            .tensor("user.phi")
+            .map(|v| v.shape().first().copied().unwrap_or(0))
+            .unwrap_or(0);
         let ids = r.string_list(&meta, "user_ids", rows)?;
-        Ok(Self { phi: r.f32("user.phi", &[rows, m.dims.d_phi])?, ids })
+        Ok(Self {
+            phi: r.f32("user.phi", &[rows, m.dims.d_phi])?,
+            ids,
+        })
     }
 
     pub fn write(&self, file: &Path) -> Result<(), BundleError> {
         let mut t = TensorSet::default();
-        t.add("user.phi", vec![self.ids.len(), self.phi.len() / self.ids.len().max(1)], &self.phi);
-        let meta = HashMap::from([("user_ids".to_owned(), serde_json::to_string(&self.ids).expect("strings serialize"))]);
+        t.add(
+            "user.phi",
+            vec![self.ids.len(), self.phi.len() / self.ids.len().max(1)],
+            &self.phi,
+        );
+        let meta = HashMap::from([(
+            "user_ids".to_owned(),
+            serde_json::to_string(&self.ids).expect("strings serialize"),
+        )]);
         t.write(file, Some(meta))
     }
 }
@@ -246,7 +312,11 @@ struct TensorSet {
 
 impl TensorSet {
     fn add(&mut self, name: &str, shape: Vec<usize>, values: &[f32]) {
-        self.tensors.push((name.to_owned(), shape, bytemuck::cast_slice(values).to_vec()));
+        self.tensors.push((
+            name.to_owned(),
+            shape,
+            bytemuck::cast_slice(values).to_vec(),
+        ));
     }
 
     fn linear(&mut self, stem: &str, l: &Linear) {
@@ -256,10 +326,13 @@ impl TensorSet {
 
     fn write(&self, file: &Path, meta: Option<HashMap<String, String>>) -> Result<(), BundleError> {
         let views = self.tensors.iter().map(|(name, shape, data)| {
-            let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches the data");
+            let view =
+                TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches the data");
             (name.clone(), view)
         });
-        safetensors::serialize_to_file(views, meta, file)
-            .map_err(|e| BundleError::Safetensors { file: file.to_owned(), msg: e.to_string() })
+        safetensors::serialize_to_file(views, meta, file).map_err(|e| BundleError::Safetensors {
+            file: file.to_owned(),
+            msg: e.to_string(),
+        })
     }
 }

@@ -13,15 +13,27 @@ use llama_cpp_sys_2 as sys;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a GGUF file ({why})")]
     NotGguf { path: PathBuf, why: String },
     #[error("{path}: ggml could not parse the GGUF header (truncated or corrupt)")]
     Parse { path: PathBuf },
     #[error("{path}: key `{key}` has type {found}, expected {expected}")]
-    KeyType { path: PathBuf, key: String, found: String, expected: &'static str },
+    KeyType {
+        path: PathBuf,
+        key: String,
+        found: String,
+        expected: &'static str,
+    },
     #[error("{path}: tensor `{name}` of type {dtype} cannot be converted to f32")]
-    NoConversion { path: PathBuf, name: String, dtype: String },
+    NoConversion {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
     #[error("{path}: tensor `{name}` lies outside the file (truncated?)")]
     OutOfBounds { path: PathBuf, name: String },
     #[error("{path}: ggml could not write the file")]
@@ -56,7 +68,9 @@ pub fn type_name(dtype: u32) -> String {
         return format!("type#{dtype}");
     }
     // SAFETY: non-NULL and static.
-    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The metadata of a GGUF file, parsed by ggml (no tensor data in memory).
@@ -81,11 +95,17 @@ unsafe impl Sync for GgufFile {}
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 fn check_header(path: &Path) -> Result<u64, GgufError> {
-    let io = |source| GgufError::Io { path: path.to_owned(), source };
+    let io = |source| GgufError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let mut header = [0u8; 8];
-    let not_gguf = |why: &str| GgufError::NotGguf { path: path.to_owned(), why: why.to_owned() };
+    let not_gguf = |why: &str| GgufError::NotGguf {
+        path: path.to_owned(),
+        why: why.to_owned(),
+    };
     if len < 24 {
         return Err(not_gguf("shorter than a GGUF header"));
     }
@@ -108,12 +128,21 @@ impl GgufFile {
         let file_len = check_header(path)?;
         let c_path = CString::new(path.to_string_lossy().as_bytes())
             .map_err(|_| GgufError::BadName(path.display().to_string()))?;
-        let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        let params = sys::gguf_init_params {
+            no_alloc: true,
+            ctx: std::ptr::null_mut(),
+        };
         // SAFETY: valid C path; with no_alloc and a NULL ctx, ggml only reads
         // metadata and allocates nothing we must free besides the gguf context.
         let ptr = unsafe { sys::gguf_init_from_file(c_path.as_ptr(), params) };
-        let ctx = NonNull::new(ptr).ok_or_else(|| GgufError::Parse { path: path.to_owned() })?;
-        Ok(Self { ctx, path: path.to_owned(), file_len })
+        let ctx = NonNull::new(ptr).ok_or_else(|| GgufError::Parse {
+            path: path.to_owned(),
+        })?;
+        Ok(Self {
+            ctx,
+            path: path.to_owned(),
+            file_len,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -143,7 +172,9 @@ impl GgufFile {
 
     /// A string value; `Ok(None)` when the key is absent.
     pub fn string(&self, key: &str) -> Result<Option<String>, GgufError> {
-        let Some(id) = self.key_id(key) else { return Ok(None) };
+        let Some(id) = self.key_id(key) else {
+            return Ok(None);
+        };
         let kind = self.key_type(id);
         if kind != sys::GGUF_TYPE_STRING {
             return Err(self.type_error(key, kind, "string"));
@@ -156,7 +187,9 @@ impl GgufFile {
 
     /// A numeric value of any integer or float type, as f64.
     pub fn number(&self, key: &str) -> Result<Option<f64>, GgufError> {
-        let Some(id) = self.key_id(key) else { return Ok(None) };
+        let Some(id) = self.key_id(key) else {
+            return Ok(None);
+        };
         let ctx = self.ctx.as_ptr();
         // SAFETY: each getter is called only for the type it reads.
         let value = unsafe {
@@ -207,9 +240,15 @@ impl GgufFile {
     pub fn tensor_bytes(&self, info: &TensorInfo) -> Result<Vec<u8>, GgufError> {
         let end = info.offset.checked_add(info.bytes);
         if end.is_none_or(|end| end > self.file_len) {
-            return Err(GgufError::OutOfBounds { path: self.path.clone(), name: info.name.clone() });
+            return Err(GgufError::OutOfBounds {
+                path: self.path.clone(),
+                name: info.name.clone(),
+            });
         }
-        let io = |source| GgufError::Io { path: self.path.clone(), source };
+        let io = |source| GgufError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let mut file = File::open(&self.path).map_err(io)?;
         file.seek(SeekFrom::Start(info.offset)).map_err(io)?;
         let mut bytes = vec![0u8; info.bytes as usize];
@@ -241,11 +280,21 @@ fn to_f32(bytes: &[u8], info: &TensorInfo) -> Option<Vec<f32>> {
         // ggml has no to_float for f32 itself; f16 is cheaper through `half`.
         sys::GGML_TYPE_F32 => {
             exact(4)?;
-            return Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+            return Some(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            );
         }
         sys::GGML_TYPE_F16 => {
             exact(2)?;
-            return Some(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect());
+            return Some(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            );
         }
         t if t >= sys::GGML_TYPE_COUNT => return None,
         _ => {}
@@ -254,7 +303,7 @@ fn to_f32(bytes: &[u8], info: &TensorInfo) -> Option<Vec<f32>> {
     let traits = unsafe { &*sys::ggml_get_type_traits(info.dtype) };
     let to_float = traits.to_float?;
     let block = traits.blck_size.max(1) as u64;
-    if n % block != 0 || (n / block) * traits.type_size as u64 != bytes.len() as u64 {
+    if !n.is_multiple_of(block) || (n / block) * traits.type_size as u64 != bytes.len() as u64 {
         return None;
     }
     let mut out = vec![0f32; n as usize];
@@ -294,7 +343,10 @@ impl GgufWriter {
     pub fn new() -> Self {
         // SAFETY: allocates an empty context; NULL only on out-of-memory.
         let ptr = unsafe { sys::gguf_init_empty() };
-        Self { ctx: NonNull::new(ptr).expect("out of memory creating a GGUF context"), tensors: Vec::new() }
+        Self {
+            ctx: NonNull::new(ptr).expect("out of memory creating a GGUF context"),
+            tensors: Vec::new(),
+        }
     }
 
     fn key(key: &str) -> Result<CString, GgufError> {
@@ -324,13 +376,24 @@ impl GgufWriter {
 
     /// Adds a tensor from f32 values, stored as `dtype` (F32 or F16).
     /// `shape` is in ggml order (`shape[0]` contiguous).
-    pub fn add_tensor(&mut self, name: &str, shape: &[u64], values: &[f32], dtype: u32) -> Result<(), GgufError> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        shape: &[u64],
+        values: &[f32],
+        dtype: u32,
+    ) -> Result<(), GgufError> {
         let n: u64 = shape.iter().product();
-        assert_eq!(n as usize, values.len(), "tensor `{name}`: shape does not match the data");
+        assert_eq!(
+            n as usize,
+            values.len(),
+            "tensor `{name}`: shape does not match the data"
+        );
         let data = match dtype {
             sys::GGML_TYPE_F32 => bytemuck::cast_slice(values).to_vec(),
             sys::GGML_TYPE_F16 => {
-                let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+                let halves: Vec<half::f16> =
+                    values.iter().map(|&v| half::f16::from_f32(v)).collect();
                 bytemuck::cast_slice(&halves).to_vec()
             }
             other => panic!("GgufWriter stores f32 or f16, not {}", type_name(other)),
@@ -348,12 +411,22 @@ impl GgufWriter {
     pub fn write(self, path: &Path) -> Result<(), GgufError> {
         // SAFETY: returns a constant.
         let overhead = unsafe { sys::ggml_tensor_overhead() };
-        let mem_size = self.tensors.iter().map(|t| t.data.len() + 64).sum::<usize>()
+        let mem_size = self
+            .tensors
+            .iter()
+            .map(|t| t.data.len() + 64)
+            .sum::<usize>()
             + (self.tensors.len() + 1) * overhead;
-        let params = sys::ggml_init_params { mem_size, mem_buffer: std::ptr::null_mut(), no_alloc: false };
+        let params = sys::ggml_init_params {
+            mem_size,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: false,
+        };
         // SAFETY: ggml allocates `mem_size` bytes and returns NULL on failure.
         let ggml = unsafe { sys::ggml_init(params) };
-        let ggml = NonNull::new(ggml).ok_or_else(|| GgufError::Write { path: path.to_owned() })?;
+        let ggml = NonNull::new(ggml).ok_or_else(|| GgufError::Write {
+            path: path.to_owned(),
+        })?;
         let result = self.write_with(ggml, path);
         // SAFETY: created above, freed once; gguf_write_to_file has copied the data.
         unsafe { sys::ggml_free(ggml.as_ptr()) };
@@ -366,10 +439,19 @@ impl GgufWriter {
             // `shape` has 1..=4 dims; the new tensor's data buffer has exactly
             // t.data.len() bytes (same type and shape), so the copy is in bounds.
             unsafe {
-                let tensor = sys::ggml_new_tensor(ggml.as_ptr(), t.dtype, t.shape.len() as i32, t.shape.as_ptr());
+                let tensor = sys::ggml_new_tensor(
+                    ggml.as_ptr(),
+                    t.dtype,
+                    t.shape.len() as i32,
+                    t.shape.as_ptr(),
+                );
                 sys::ggml_set_name(tensor, t.name.as_ptr());
                 debug_assert_eq!(sys::ggml_nbytes(tensor), t.data.len());
-                std::ptr::copy_nonoverlapping(t.data.as_ptr(), (*tensor).data.cast::<u8>(), t.data.len());
+                std::ptr::copy_nonoverlapping(
+                    t.data.as_ptr(),
+                    (*tensor).data.cast::<u8>(),
+                    t.data.len(),
+                );
                 sys::gguf_add_tensor(self.ctx.as_ptr(), tensor);
             }
         }
@@ -380,7 +462,9 @@ impl GgufWriter {
         if ok {
             Ok(())
         } else {
-            Err(GgufError::Write { path: path.to_owned() })
+            Err(GgufError::Write {
+                path: path.to_owned(),
+            })
         }
     }
 }
