@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use l2rec::backbone::{default_threads, Backbone, BackboneConfig, Expert, ModelInfo, Session, Token};
+use l2rec::backbone::{
+    default_threads, Backbone, BackboneConfig, Expert, ModelInfo, Session, Token,
+};
 use l2rec::catalog::Dataset;
 use l2rec::ffi::llama::{bench_raw_decode, ContextParams};
 use l2rec::lora::{write_random_expert, LoraSpec, MODULES};
@@ -43,21 +45,36 @@ fn time(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Resul
 }
 
 fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn semantic_prompt(data: &Dataset, items: usize) -> (String, String) {
     let (_, template) = l2rec::zeroshot::default_templates();
     let rows = &data.histories[0].rows;
     let render = |n: usize| {
-        let refs = rows[..n].iter().map(|&r| ItemRef { id: &data.catalog.ids[r as usize], text: &data.catalog.texts[r as usize] });
+        let refs = rows[..n].iter().map(|&r| ItemRef {
+            id: &data.catalog.ids[r as usize],
+            text: &data.catalog.texts[r as usize],
+        });
         template.render(View::Semantic, refs)
     };
     (render(items - 1), render(items))
 }
 
-fn random_experts(info: &ModelInfo, layers: Vec<u32>, dir: &std::path::Path, bb: &Backbone) -> anyhow::Result<Vec<Expert>> {
-    let spec = LoraSpec { rank: 8, alpha: 16.0, layers, modules: MODULES.iter().map(|m| m.to_string()).collect() };
+fn random_experts(
+    info: &ModelInfo,
+    layers: Vec<u32>,
+    dir: &std::path::Path,
+    bb: &Backbone,
+) -> anyhow::Result<Vec<Expert>> {
+    let spec = LoraSpec {
+        rank: 8,
+        alpha: 16.0,
+        layers,
+        modules: MODULES.iter().map(|m| m.to_string()).collect(),
+    };
     (0..2)
         .map(|seed| {
             let path = dir.join(format!("bench-{}-{seed}.gguf", spec.layers.len()));
@@ -67,7 +84,12 @@ fn random_experts(info: &ModelInfo, layers: Vec<u32>, dir: &std::path::Path, bb:
         .collect()
 }
 
-fn mixture_time(session: &mut Session, experts: &[Expert], tokens: &[Token], reps: usize) -> anyhow::Result<f64> {
+fn mixture_time(
+    session: &mut Session,
+    experts: &[Expert],
+    tokens: &[Token],
+    reps: usize,
+) -> anyhow::Result<f64> {
     let mixture: Vec<(&Expert, f32)> = experts.iter().map(|e| (e, 0.5)).collect();
     session.set_mixture(&mixture)?;
     time(reps, || Ok(session.state_fresh(tokens).map(drop)?))
@@ -75,8 +97,14 @@ fn mixture_time(session: &mut Session, experts: &[Expert], tokens: &[Token], rep
 
 pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(default_threads);
-    let info = ModelInfo::read(&l2rec::assets::model_path()?, Some(l2rec::assets::MODEL_SHA256))?;
-    let config = BackboneConfig { threads: Some(threads), ..Default::default() };
+    let info = ModelInfo::read(
+        &l2rec::assets::model_path()?,
+        Some(l2rec::assets::MODEL_SHA256),
+    )?;
+    let config = BackboneConfig {
+        threads: Some(threads),
+        ..Default::default()
+    };
     let bb = Backbone::open_verified(info.clone(), config.clone())?;
     let data = Dataset::load_ml100k(&l2rec::assets::ml100k_dir()?)?;
     let (shorter, prompt) = semantic_prompt(&data, args.items);
@@ -84,7 +112,11 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
     let shorter = bb.tokenize(&shorter)?;
     let mut session = bb.session()?;
 
-    let params = ContextParams { n_ctx: config.n_ctx, n_batch: config.n_batch, threads };
+    let params = ContextParams {
+        n_ctx: config.n_ctx,
+        n_batch: config.n_batch,
+        threads,
+    };
     let raw = median(bench_raw_decode(bb.model(), params, &tokens, args.reps + 1)?[1..].to_vec());
     let engine = time(args.reps, || Ok(session.state_fresh(&tokens).map(drop)?))?;
 

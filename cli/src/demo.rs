@@ -39,7 +39,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let info = ModelInfo::read(&model_path, Some(assets::MODEL_SHA256))?;
     let verified = started.elapsed();
     let started = Instant::now();
-    let config = BackboneConfig { threads: args.threads, ..Default::default() };
+    let config = BackboneConfig {
+        threads: args.threads,
+        ..Default::default()
+    };
     let backbone = Backbone::open_verified(info, config)?;
     println!(
         "backbone: {} ({:.0} MB): sha256 verified in {}, loaded in {}",
@@ -63,7 +66,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         None => zero_shot_bundle(&backbone, &data)?,
     };
     let started = Instant::now();
-    let bundle = Bundle::open(&bundle_dir, backbone.info()).with_context(|| format!("opening bundle {}", bundle_dir.display()))?;
+    let bundle = Bundle::open(&bundle_dir, backbone.info())
+        .with_context(|| format!("opening bundle {}", bundle_dir.display()))?;
     let opened = started.elapsed();
     println!("bundle: {}", bundle_dir.display());
     let started = Instant::now();
@@ -87,21 +91,32 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 }
 
 fn recommend_for(model: &mut L2Rec, data: &Dataset, user: &str, k: usize) -> anyhow::Result<()> {
-    let history = data.history(user).with_context(|| format!("ml-100k has no user {user}"))?;
+    let history = data
+        .history(user)
+        .with_context(|| format!("ml-100k has no user {user}"))?;
     // The bundle has its own catalog order: translate through item ids.
     let rows = model.bundle().item_rows();
-    let to_bundle_row = |r: &u32| rows.get(data.catalog.ids[*r as usize].as_str()).map(|&b| b as u32);
+    let to_bundle_row = |r: &u32| {
+        rows.get(data.catalog.ids[*r as usize].as_str())
+            .map(|&b| b as u32)
+    };
     let bundle_rows: Vec<u32> = history.rows.iter().filter_map(to_bundle_row).collect();
     // Hold the last interaction back, as the evaluation protocol does, and show
     // whether it comes up.
-    let (held_out, seen) = bundle_rows.split_last().context("user without interactions in this bundle")?;
+    let (held_out, seen) = bundle_rows
+        .split_last()
+        .context("user without interactions in this bundle")?;
     let texts = model.bundle().items.texts.clone();
     let text = |row: u32| texts[row as usize].as_str();
     let phi = model.bundle().heads.phi_mean.clone();
     let mut pref = model.preference(&phi, seen)?;
     let hits = model.top_k(&mut pref, seen, k)?;
     let latest: Vec<&str> = seen.iter().rev().take(3).map(|&r| text(r)).collect();
-    println!("\nuser {user}: {} interactions; latest: {}", seen.len(), latest.join("; "));
+    println!(
+        "\nuser {user}: {} interactions; latest: {}",
+        seen.len(),
+        latest.join("; ")
+    );
     let t = &pref.timings;
     println!(
         "  latency: gate {}, behavioral view {}, semantic view {} ({} tokens evaluated), heads {}, scoring {}",
@@ -119,8 +134,17 @@ fn recommend_for(model: &mut L2Rec, data: &Dataset, user: &str, k: usize) -> any
         }
     }
     for (rank, hit) in hits.iter().enumerate() {
-        let mark = if hit.row == *held_out { "  <- the held-out next item" } else { "" };
-        println!("  {:>2}. {:<60} {:>9.4}{mark}", rank + 1, text(hit.row), hit.score);
+        let mark = if hit.row == *held_out {
+            "  <- the held-out next item"
+        } else {
+            ""
+        };
+        println!(
+            "  {:>2}. {:<60} {:>9.4}{mark}",
+            rank + 1,
+            text(hit.row),
+            hit.score
+        );
     }
     println!("  held-out next item: {}", text(*held_out));
     Ok(())
@@ -128,11 +152,17 @@ fn recommend_for(model: &mut L2Rec, data: &Dataset, user: &str, k: usize) -> any
 
 /// The cached zero-shot bundle for this backbone, built on first use.
 fn zero_shot_bundle(backbone: &Backbone, data: &Dataset) -> anyhow::Result<PathBuf> {
-    let dir = assets::bundles_dir().join(format!("zero-shot-ml-100k-{}", &backbone.info().sha256[..12]));
+    let dir = assets::bundles_dir().join(format!(
+        "zero-shot-ml-100k-{}",
+        &backbone.info().sha256[..12]
+    ));
     if Bundle::open(&dir, backbone.info()).is_ok() {
         return Ok(dir);
     }
-    println!("building the zero-shot bundle (once; cached at {})", dir.display());
+    println!(
+        "building the zero-shot bundle (once; cached at {})",
+        dir.display()
+    );
     std::fs::create_dir_all(dir.parent().unwrap_or(Path::new(".")))?;
     let mut bar = progress_bar("zero-shot bundle: item text states");
     l2rec::zeroshot::build(backbone, &data.catalog, &dir, &mut bar.callback())?;
@@ -156,8 +186,10 @@ impl Bar {
             let label = self.label;
             let bar = self.bar.get_or_insert_with(|| {
                 let bar = ProgressBar::new(total as u64);
-                let style = ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} [{elapsed_precise}<{eta_precise}]")
-                    .expect("a valid template");
+                let style = ProgressStyle::with_template(
+                    "{msg} {wide_bar} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
+                )
+                .expect("a valid template");
                 bar.set_style(style);
                 bar.set_message(label);
                 bar

@@ -42,23 +42,46 @@ fn inspect(args: &InspectArgs) -> Result<String, String> {
 
 fn summary(b: &Bundle) -> String {
     let m = &b.manifest;
-    let mut out = format!("bundle: {}\nname: {}\nformat: {} v{}\n", b.dir.display(), m.name, m.format, m.version);
+    let mut out = format!(
+        "bundle: {}\nname: {}\nformat: {} v{}\n",
+        b.dir.display(),
+        m.name,
+        m.format,
+        m.version
+    );
     out += &format!(
         "backbone: {} ({}, n_embd {}, {} layers, sha256 {})\n",
         m.backbone.file, m.backbone.arch, m.backbone.n_embd, m.backbone.n_layer, m.backbone.sha256
     );
     for view in View::BOTH {
         let v = m.views.get(view);
-        out += &format!("view {view}: {} experts, top-{} active, prefix {:?}, sep {:?}\n", v.experts, v.k, v.template.prefix, v.template.sep);
+        out += &format!(
+            "view {view}: {} experts, top-{} active, prefix {:?}, sep {:?}\n",
+            v.experts, v.k, v.template.prefix, v.template.sep
+        );
     }
-    out += &format!("lora: rank {}, alpha {}, layers {:?}, modules {:?}\n", m.lora.rank, m.lora.alpha, m.lora.layers, m.lora.modules);
-    out += &format!("dims: d {}, d_r {}, d_phi {}; history up to {} items\n", m.dims.d, m.dims.d_r, m.dims.d_phi, m.history.max_items);
-    let states = if b.items.text_state.is_some() { "shipped" } else { "computed on device" };
+    out += &format!(
+        "lora: rank {}, alpha {}, layers {:?}, modules {:?}\n",
+        m.lora.rank, m.lora.alpha, m.lora.layers, m.lora.modules
+    );
+    out += &format!(
+        "dims: d {}, d_r {}, d_phi {}; history up to {} items\n",
+        m.dims.d, m.dims.d_r, m.dims.d_phi, m.history.max_items
+    );
+    let states = if b.items.text_state.is_some() {
+        "shipped"
+    } else {
+        "computed on device"
+    };
     out += &format!("items: {} (text states {states})\n", m.items.count);
     if let Some(users) = &b.users {
         out += &format!("users: {}\n", users.ids.len());
     }
     let bytes: u64 = m.files.values().map(|f| f.bytes).sum();
-    out += &format!("files: {} verified, {:.1} MB\n", m.files.len(), bytes as f64 / 1e6);
+    out += &format!(
+        "files: {} verified, {:.1} MB\n",
+        m.files.len(),
+        bytes as f64 / 1e6
+    );
     out
 }

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "l2rec", version, about = "On-device LLM recommender (L2Rec) runtime")]
+#[command(
+    name = "l2rec",
+    version,
+    about = "On-device LLM recommender (L2Rec) runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,10 +44,13 @@ enum Bench {
 }
 
 fn init_tracing() {
-    // llama.cpp is chatty at info level; its warnings and errors stay visible.
+    // llama.cpp is silent unless RUST_LOG asks (e.g. RUST_LOG=llama_cpp=info): our own errors say what failed.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,llama_cpp=error"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,llama_cpp=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {

@@ -38,9 +38,22 @@ pub enum Tool {
 pub fn run(tool: &Tool) -> anyhow::Result<()> {
     let model = l2rec::assets::model_path()?;
     match tool {
-        Tool::RandomExpert { out, rank, alpha, layers, modules, seed, amplitude } => {
+        Tool::RandomExpert {
+            out,
+            rank,
+            alpha,
+            layers,
+            modules,
+            seed,
+            amplitude,
+        } => {
             let info = ModelInfo::read(&model, Some(l2rec::assets::MODEL_SHA256))?;
-            let spec = LoraSpec { rank: *rank, alpha: *alpha, layers: layers.clone(), modules: modules.clone() };
+            let spec = LoraSpec {
+                rank: *rank,
+                alpha: *alpha,
+                layers: layers.clone(),
+                modules: modules.clone(),
+            };
             write_random_expert(out, &info, &spec, *seed, *amplitude)?;
             println!("{}", out.display());
         }

@@ -6,7 +6,11 @@ mod common;
 use std::process::Command;
 
 fn l2rec(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_l2rec")).args(args).env("L2REC_THREADS", "1").output().expect("run l2rec")
+    Command::new(env!("CARGO_BIN_EXE_l2rec"))
+        .args(args)
+        .env("L2REC_THREADS", "1")
+        .output()
+        .expect("run l2rec")
 }
 
 #[test]
@@ -15,8 +19,15 @@ fn inspect_accepts_a_valid_bundle_and_refuses_a_broken_one_with_exit_2() {
     let bundle = common::write_small_bundle(&dir.path().join("b"));
     let out = l2rec(&["inspect", bundle.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("view semantic: 2 experts, top-1 active"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("view semantic: 2 experts, top-1 active"),
+        "{stdout}"
+    );
     assert!(stdout.contains("items: 40"), "{stdout}");
 
     std::fs::write(bundle.join("heads.safetensors"), b"nonsense").unwrap();
@@ -36,23 +47,57 @@ fn demo_recommends_for_users_with_latencies_and_names_its_bundle() {
     let users: Vec<&str> = data
         .histories
         .iter()
-        .filter(|h| h.rows.iter().filter(|&&r| (r as usize) < common::SMALL_ITEMS).count() < 20)
+        .filter(|h| {
+            h.rows
+                .iter()
+                .filter(|&&r| (r as usize) < common::SMALL_ITEMS)
+                .count()
+                < 20
+        })
         .map(|h| h.user.as_str())
         .take(2)
         .collect();
-    let out = l2rec(&["demo", "--bundle", bundle.to_str().unwrap(), "--users", &users.join(","), "--k", "5"]);
+    let out = l2rec(&[
+        "demo",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--users",
+        &users.join(","),
+        "--k",
+        "5",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(&format!("bundle: {}", bundle.display())), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("bundle: {}", bundle.display())),
+        "{stdout}"
+    );
     assert_eq!(stdout.matches("latency: gate").count(), 2, "{stdout}");
-    assert_eq!(stdout.lines().filter(|l| l.trim_start().starts_with("5. ")).count(), 2, "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with("5. "))
+            .count(),
+        2,
+        "{stdout}"
+    );
 }
 
 #[test]
 fn demo_with_an_unknown_user_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = common::write_small_bundle(&dir.path().join("b"));
-    let out = l2rec(&["demo", "--bundle", bundle.to_str().unwrap(), "--users", "99999"]);
+    let out = l2rec(&[
+        "demo",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--users",
+        "99999",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user 99999"));
 }

@@ -11,15 +11,22 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::ffi::gguf::{GgufError, GgufFile};
-use crate::ffi::llama::{self, Adapter, Context, ContextParams, LlamaError, Model};
 pub use crate::ffi::llama::Token;
+use crate::ffi::llama::{self, Adapter, Context, ContextParams, LlamaError, Model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: sha256 is {found}, expected {expected}; the file is corrupt or not this model: delete it and run scripts/fetch-assets")]
-    Checksum { path: PathBuf, expected: String, found: String },
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error("{path}: GGUF metadata lacks `{key}`; is this a llama.cpp model file?")]
@@ -76,7 +83,10 @@ impl ModelInfo {
     /// Hashes the file (and compares with `expected_sha256` when given), then
     /// reads its GGUF metadata with ggml.
     pub fn read(path: &Path, expected_sha256: Option<&str>) -> Result<Self, BackboneError> {
-        let io = |source| BackboneError::Io { path: path.to_owned(), source };
+        let io = |source| BackboneError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let file_bytes = std::fs::metadata(path).map_err(io)?.len();
         let sha256 = sha256_file(path).map_err(io)?;
         if let Some(expected) = expected_sha256 {
@@ -89,15 +99,32 @@ impl ModelInfo {
             }
         }
         let gguf = GgufFile::open(path)?;
-        let missing = |key: &str| BackboneError::MissingMetadata { path: path.to_owned(), key: key.to_owned() };
-        let arch = gguf.string("general.architecture")?.ok_or_else(|| missing("general.architecture"))?;
+        let missing = |key: &str| BackboneError::MissingMetadata {
+            path: path.to_owned(),
+            key: key.to_owned(),
+        };
+        let arch = gguf
+            .string("general.architecture")?
+            .ok_or_else(|| missing("general.architecture"))?;
         let number = |key: String| -> Result<usize, BackboneError> {
             Ok(gguf.number(&key)?.ok_or_else(|| missing(&key))? as usize)
         };
         let n_embd = number(format!("{arch}.embedding_length"))?;
         let n_layer = number(format!("{arch}.block_count"))?;
-        let tensors = gguf.tensors().into_iter().map(|t| (t.name, t.shape)).collect();
-        Ok(Self { path: path.to_owned(), sha256, file_bytes, arch, n_embd, n_layer, tensors })
+        let tensors = gguf
+            .tensors()
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect();
+        Ok(Self {
+            path: path.to_owned(),
+            sha256,
+            file_bytes,
+            arch,
+            n_embd,
+            n_layer,
+            tensors,
+        })
     }
 }
 
@@ -116,7 +143,12 @@ pub struct BackboneConfig {
 
 impl Default for BackboneConfig {
     fn default() -> Self {
-        Self { expected_sha256: None, threads: None, n_ctx: 2048, n_batch: 512 }
+        Self {
+            expected_sha256: None,
+            threads: None,
+            n_ctx: 2048,
+            n_batch: 512,
+        }
     }
 }
 
@@ -126,7 +158,10 @@ impl Default for BackboneConfig {
 /// a decode that uses all of them stalls (2.2 s instead of 0.3 s measured on
 /// 2 cores), so we leave headroom rather than chase the last 40%.
 pub fn default_threads() -> u32 {
-    if let Some(n) = std::env::var("L2REC_THREADS").ok().and_then(|v| v.parse::<u32>().ok()) {
+    if let Some(n) = std::env::var("L2REC_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
         return n.max(1);
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
@@ -149,8 +184,15 @@ impl Backbone {
 
     /// Loads a model whose [`ModelInfo`] was just read (and so verified).
     pub fn open_verified(info: ModelInfo, config: BackboneConfig) -> Result<Self, BackboneError> {
-        let model = Model::load(&info.path).map_err(|source| BackboneError::Llama { path: info.path.clone(), source })?;
-        Ok(Self { model, info: Arc::new(info), config })
+        let model = Model::load(&info.path).map_err(|source| BackboneError::Llama {
+            path: info.path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            model,
+            info: Arc::new(info),
+            config,
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -171,8 +213,15 @@ impl Backbone {
         let adapter = self
             .model
             .load_adapter(path)
-            .map_err(|source| BackboneError::Llama { path: path.to_owned(), source })?;
-        Ok(Expert { adapter, id: NEXT_ID.fetch_add(1, Ordering::Relaxed), path: path.to_owned() })
+            .map_err(|source| BackboneError::Llama {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Expert {
+            adapter,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            path: path.to_owned(),
+        })
     }
 
     /// A new evaluation session (a llama.cpp context with its own KV cache).
@@ -182,9 +231,17 @@ impl Backbone {
             n_batch: self.config.n_batch,
             threads: self.config.threads.unwrap_or_else(default_threads),
         };
-        let ctx = Context::new(&self.model, params)
-            .map_err(|source| BackboneError::Llama { path: self.info.path.clone(), source })?;
-        Ok(Session { ctx, cached: Vec::new(), last_state: None, mixture: Vec::new(), evaluated: 0 })
+        let ctx = Context::new(&self.model, params).map_err(|source| BackboneError::Llama {
+            path: self.info.path.clone(),
+            source,
+        })?;
+        Ok(Session {
+            ctx,
+            cached: Vec::new(),
+            last_state: None,
+            mixture: Vec::new(),
+            evaluated: 0,
+        })
     }
 
     /// The underlying llama.cpp model, for benchmarks that bypass the session.
@@ -232,12 +289,16 @@ impl Session {
     /// Sets the expert mixture (one `llama_set_adapters_lora` call). Experts
     /// at scale 0 are left out. A different mixture invalidates the cache.
     pub fn set_mixture(&mut self, mixture: &[(&Expert, f32)]) -> Result<(), BackboneError> {
-        let active: Vec<(&Expert, f32)> = mixture.iter().copied().filter(|(_, s)| *s != 0.0).collect();
+        let active: Vec<(&Expert, f32)> =
+            mixture.iter().copied().filter(|(_, s)| *s != 0.0).collect();
         let key: Vec<(u64, f32)> = active.iter().map(|(e, s)| (e.id, *s)).collect();
         if key == self.mixture {
             return Ok(());
         }
-        let adapters: Vec<(Adapter, f32)> = active.iter().map(|(e, s)| (e.adapter.clone(), *s)).collect();
+        let adapters: Vec<(Adapter, f32)> = active
+            .iter()
+            .map(|(e, s)| (e.adapter.clone(), *s))
+            .collect();
         self.ctx.set_adapters(&adapters).map_err(eval_error)?;
         self.mixture = key;
         self.forget();
@@ -300,16 +361,23 @@ impl Session {
 
     /// States at several token positions of one prompt, encoded from scratch
     /// (teacher forcing: one pass gives the state after every item).
-    pub fn states_at(&mut self, tokens: &[Token], positions: &[usize]) -> Result<Vec<Vec<f32>>, BackboneError> {
+    pub fn states_at(
+        &mut self,
+        tokens: &[Token],
+        positions: &[usize],
+    ) -> Result<Vec<Vec<f32>>, BackboneError> {
         self.ctx.clear();
         self.cached.clear();
         self.last_state = None;
         self.ctx.reset_cancel();
         let states = self.ctx.decode(tokens, 0, positions);
         self.evaluated = tokens.len();
-        let states = states.inspect_err(|_| self.ctx.clear()).map_err(eval_error)?;
+        let states = states
+            .inspect_err(|_| self.ctx.clear())
+            .map_err(eval_error)?;
         self.cached = tokens.to_vec();
-        self.last_state = (positions.last() == Some(&(tokens.len() - 1))).then(|| states[states.len() - 1].clone());
+        self.last_state = (positions.last() == Some(&(tokens.len() - 1)))
+            .then(|| states[states.len() - 1].clone());
         Ok(states)
     }
 
@@ -349,7 +417,11 @@ pub fn model_metadata(backbone: &Backbone, key: &str) -> Option<String> {
 /// copy llama.cpp does not round activations to 8 bits, so appended and
 /// re-encoded states agree exactly and small expert scales act linearly:
 /// tests use it to check the math without quantization noise.
-pub fn write_f16_copy(src: &Path, dst: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<(), BackboneError> {
+pub fn write_f16_copy(
+    src: &Path,
+    dst: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), BackboneError> {
     use crate::ffi::gguf::{GgufWriter, GGML_TYPE_F16, GGML_TYPE_F32};
     let gguf = GgufFile::open(src)?;
     let mut writer = GgufWriter::new();
@@ -360,11 +432,18 @@ pub fn write_f16_copy(src: &Path, dst: &Path, progress: &mut dyn FnMut(usize, us
     for (i, t) in tensors.iter().enumerate() {
         progress(i, tensors.len());
         let values = gguf.tensor_f32(t)?;
-        let dtype = if t.shape.len() < 2 || t.dtype == GGML_TYPE_F32 { GGML_TYPE_F32 } else { GGML_TYPE_F16 };
+        let dtype = if t.shape.len() < 2 || t.dtype == GGML_TYPE_F32 {
+            GGML_TYPE_F32
+        } else {
+            GGML_TYPE_F16
+        };
         writer.add_tensor(&t.name, &t.shape, &values, dtype)?;
     }
     progress(tensors.len(), tensors.len());
     let partial = dst.with_extension("partial");
     writer.write(&partial)?;
-    std::fs::rename(&partial, dst).map_err(|source| BackboneError::Io { path: dst.to_owned(), source })
+    std::fs::rename(&partial, dst).map_err(|source| BackboneError::Io {
+        path: dst.to_owned(),
+        source,
+    })
 }

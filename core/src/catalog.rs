@@ -7,9 +7,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("{file}: {source}")]
-    Io { file: PathBuf, source: std::io::Error },
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}: {what}")]
-    Parse { file: PathBuf, line: usize, what: String },
+    Parse {
+        file: PathBuf,
+        line: usize,
+        what: String,
+    },
 }
 
 /// Items in catalog-row order (the order of `ml-100k.item`).
@@ -30,7 +37,11 @@ impl Catalog {
     }
 
     pub fn rows_by_id(&self) -> HashMap<&str, u32> {
-        self.ids.iter().enumerate().map(|(i, id)| (id.as_str(), i as u32)).collect()
+        self.ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i as u32))
+            .collect()
     }
 }
 
@@ -50,7 +61,10 @@ pub struct Dataset {
 }
 
 fn read(file: &Path) -> Result<String, CatalogError> {
-    std::fs::read_to_string(file).map_err(|source| CatalogError::Io { file: file.to_owned(), source })
+    std::fs::read_to_string(file).map_err(|source| CatalogError::Io {
+        file: file.to_owned(),
+        source,
+    })
 }
 
 /// The semantic text of an item: its title, and its year when known.
@@ -68,7 +82,11 @@ fn parse_catalog(file: &Path) -> Result<Catalog, CatalogError> {
     for (n, line) in text.lines().enumerate().skip(1) {
         let cols: Vec<&str> = line.split('\t').collect();
         if cols.len() < 3 {
-            return Err(CatalogError::Parse { file: file.to_owned(), line: n + 1, what: "expected item_id, title, year".into() });
+            return Err(CatalogError::Parse {
+                file: file.to_owned(),
+                line: n + 1,
+                what: "expected item_id, title, year".into(),
+            });
         }
         catalog.ids.push(cols[0].to_owned());
         catalog.texts.push(item_text(cols[1], cols[2]));
@@ -83,9 +101,15 @@ fn parse_histories(file: &Path, rows: &HashMap<&str, u32>) -> Result<Vec<History
     let mut order: Vec<String> = Vec::new();
     let mut events: HashMap<String, Vec<(f64, u32)>> = HashMap::new();
     for (n, line) in text.lines().enumerate().skip(1) {
-        let bad = |what: &str| CatalogError::Parse { file: file.to_owned(), line: n + 1, what: what.to_owned() };
+        let bad = |what: &str| CatalogError::Parse {
+            file: file.to_owned(),
+            line: n + 1,
+            what: what.to_owned(),
+        };
         let cols: Vec<&str> = line.split('\t').collect();
-        let [user, item, _rating, time] = cols[..] else { return Err(bad("expected 4 columns")) };
+        let [user, item, _rating, time] = cols[..] else {
+            return Err(bad("expected 4 columns"));
+        };
         let row = *rows.get(item).ok_or_else(|| bad("unknown item id"))?;
         let time: f64 = time.parse().map_err(|_| bad("bad timestamp"))?;
         let list = events.entry(user.to_owned()).or_insert_with(|| {
@@ -99,7 +123,10 @@ fn parse_histories(file: &Path, rows: &HashMap<&str, u32>) -> Result<Vec<History
         .map(|user| {
             let mut list = events.remove(&user).unwrap_or_default();
             list.sort_by(|a, b| a.0.total_cmp(&b.0));
-            History { user, rows: list.into_iter().map(|(_, r)| r).collect() }
+            History {
+                user,
+                rows: list.into_iter().map(|(_, r)| r).collect(),
+            }
         })
         .collect())
 }

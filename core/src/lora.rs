@@ -14,22 +14,46 @@ use crate::backbone::ModelInfo;
 use crate::ffi::gguf::{type_name, GgufError, GgufFile, GgufWriter, GGML_TYPE_F16, GGML_TYPE_F32};
 
 /// The weight matrices an expert may adapt, as llama.cpp names them.
-pub const MODULES: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+pub const MODULES: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error("{path}: `{key}` is {found:?}, expected {expected:?}")]
-    Metadata { path: PathBuf, key: &'static str, found: Option<String>, expected: String },
+    Metadata {
+        path: PathBuf,
+        key: &'static str,
+        found: Option<String>,
+        expected: String,
+    },
     #[error("{path}: tensor `{name}` is missing")]
     MissingTensor { path: PathBuf, name: String },
-    #[error("{path}: tensor `{name}` is not part of the expert layout (lora.layers x lora.modules)")]
+    #[error(
+        "{path}: tensor `{name}` is not part of the expert layout (lora.layers x lora.modules)"
+    )]
     UnexpectedTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has ggml shape {found:?}, expected {expected:?}")]
-    Shape { path: PathBuf, name: String, found: Vec<u64>, expected: Vec<u64> },
+    Shape {
+        path: PathBuf,
+        name: String,
+        found: Vec<u64>,
+        expected: Vec<u64>,
+    },
     #[error("{path}: tensor `{name}` is {dtype}, expected f32 or f16")]
-    Dtype { path: PathBuf, name: String, dtype: String },
+    Dtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
     #[error("{path}: tensor `{name}` holds NaN or infinite values")]
     NonFinite { path: PathBuf, name: String },
     #[error("invalid LoRA layout: {0}")]
@@ -61,18 +85,31 @@ impl LoraSpec {
     /// every target a 2-D weight of the model.
     pub fn check(&self, model: &ModelInfo) -> Result<(), LoraError> {
         if self.rank == 0 || !self.alpha.is_finite() {
-            return Err(LoraError::Spec(format!("rank {} / alpha {} are not usable", self.rank, self.alpha)));
+            return Err(LoraError::Spec(format!(
+                "rank {} / alpha {} are not usable",
+                self.rank, self.alpha
+            )));
         }
         if let Some(m) = self.modules.iter().find(|m| !MODULES.contains(&m.as_str())) {
-            return Err(LoraError::Spec(format!("unknown module `{m}` (known: {})", MODULES.join(", "))));
+            return Err(LoraError::Spec(format!(
+                "unknown module `{m}` (known: {})",
+                MODULES.join(", ")
+            )));
         }
         if let Some(l) = self.layers.iter().find(|&&l| l as usize >= model.n_layer) {
-            return Err(LoraError::Spec(format!("layer {l} does not exist (the backbone has {})", model.n_layer)));
+            return Err(LoraError::Spec(format!(
+                "layer {l} does not exist (the backbone has {})",
+                model.n_layer
+            )));
         }
         for target in self.targets() {
             match model.tensors.get(&target) {
                 Some(shape) if shape.len() == 2 => {}
-                _ => return Err(LoraError::Spec(format!("the backbone has no 2-D weight `{target}`"))),
+                _ => {
+                    return Err(LoraError::Spec(format!(
+                        "the backbone has no 2-D weight `{target}`"
+                    )))
+                }
             }
         }
         Ok(())
@@ -95,7 +132,12 @@ fn expect_str(gguf: &GgufFile, key: &'static str, expected: &str) -> Result<(), 
     if found.as_deref() == Some(expected) {
         return Ok(());
     }
-    Err(LoraError::Metadata { path: gguf.path().to_owned(), key, found, expected: expected.to_owned() })
+    Err(LoraError::Metadata {
+        path: gguf.path().to_owned(),
+        key,
+        found,
+        expected: expected.to_owned(),
+    })
 }
 
 /// Validates an expert file against the backbone and the bundle's layout:
@@ -119,23 +161,45 @@ pub fn validate_expert(path: &Path, model: &ModelInfo, spec: &LoraSpec) -> Resul
     let present = gguf.tensors();
     let expected = spec.expected_tensors(model);
     let expected_names: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    if let Some(extra) = present.iter().find(|t| !expected_names.contains(t.name.as_str())) {
-        return Err(LoraError::UnexpectedTensor { path: path.to_owned(), name: extra.name.clone() });
+    if let Some(extra) = present
+        .iter()
+        .find(|t| !expected_names.contains(t.name.as_str()))
+    {
+        return Err(LoraError::UnexpectedTensor {
+            path: path.to_owned(),
+            name: extra.name.clone(),
+        });
     }
     for (name, shape) in expected {
-        let info = present
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| LoraError::MissingTensor { path: path.to_owned(), name: name.clone() })?;
+        let info =
+            present
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| LoraError::MissingTensor {
+                    path: path.to_owned(),
+                    name: name.clone(),
+                })?;
         if info.shape != shape {
-            return Err(LoraError::Shape { path: path.to_owned(), name, found: info.shape.clone(), expected: shape });
+            return Err(LoraError::Shape {
+                path: path.to_owned(),
+                name,
+                found: info.shape.clone(),
+                expected: shape,
+            });
         }
         if info.dtype != GGML_TYPE_F32 && info.dtype != GGML_TYPE_F16 {
-            return Err(LoraError::Dtype { path: path.to_owned(), name, dtype: type_name(info.dtype) });
+            return Err(LoraError::Dtype {
+                path: path.to_owned(),
+                name,
+                dtype: type_name(info.dtype),
+            });
         }
         let values = gguf.tensor_f32(info)?;
         if values.iter().any(|v| !v.is_finite()) {
-            return Err(LoraError::NonFinite { path: path.to_owned(), name });
+            return Err(LoraError::NonFinite {
+                path: path.to_owned(),
+                name,
+            });
         }
     }
     Ok(())
@@ -168,7 +232,12 @@ pub fn write_expert(
         let f = factors(&target, n_in as usize, n_out as usize);
         // numpy [r, n_in] is ggml [n_in, r]; numpy [n_out, r] is ggml [r, n_out].
         w.add_tensor(&format!("{target}.lora_a"), &[n_in, r], &f.a, GGML_TYPE_F32)?;
-        w.add_tensor(&format!("{target}.lora_b"), &[r, n_out], &f.b, GGML_TYPE_F32)?;
+        w.add_tensor(
+            &format!("{target}.lora_b"),
+            &[r, n_out],
+            &f.b,
+            GGML_TYPE_F32,
+        )?;
     }
     w.write(path)?;
     Ok(())
@@ -204,7 +273,11 @@ pub fn write_random_expert(
     let mut rng = SplitMix(seed);
     let r = spec.rank as usize;
     write_expert(path, model, spec, |_, n_in, n_out| Factors {
-        a: (0..r * n_in).map(|_| amplitude * rng.next_signed()).collect(),
-        b: (0..n_out * r).map(|_| amplitude * rng.next_signed()).collect(),
+        a: (0..r * n_in)
+            .map(|_| amplitude * rng.next_signed())
+            .collect(),
+        b: (0..n_out * r)
+            .map(|_| amplitude * rng.next_signed())
+            .collect(),
     })
 }

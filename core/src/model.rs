@@ -91,18 +91,37 @@ impl L2Rec {
         let mut experts = BTreeMap::new();
         let mut sessions = BTreeMap::new();
         for view in View::BOTH {
-            let loaded = bundle.experts[&view].iter().map(|p| backbone.load_expert(p)).collect::<Result<Vec<_>, _>>()?;
+            let loaded = bundle.experts[&view]
+                .iter()
+                .map(|p| backbone.load_expert(p))
+                .collect::<Result<Vec<_>, _>>()?;
             experts.insert(view, loaded);
             sessions.insert(view, backbone.session()?);
         }
         let text_states = match &bundle.items.text_state {
             Some(states) => states.clone(),
-            None => item_text_states(&backbone, &bundle.manifest.views.semantic.template, &bundle.items.texts, progress)?,
+            None => item_text_states(
+                &backbone,
+                &bundle.manifest.views.semantic.template,
+                &bundle.items.texts,
+                progress,
+            )?,
         };
         let rows = item_vectors(&bundle, &text_states);
-        let catalog = CatalogMatrix::new(rows, bundle.manifest.dims.d_r, bundle.items.bias.clone(), Storage::F32)?;
+        let catalog = CatalogMatrix::new(
+            rows,
+            bundle.manifest.dims.d_r,
+            bundle.items.bias.clone(),
+            Storage::F32,
+        )?;
         let scorer = Scorer::auto(catalog);
-        Ok(Self { backbone, bundle, experts, sessions, scorer })
+        Ok(Self {
+            backbone,
+            bundle,
+            experts,
+            sessions,
+            scorer,
+        })
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -124,7 +143,10 @@ impl L2Rec {
         let active = |view: View| m.views.get(view).k;
         let active = [active(View::Behavioral), active(View::Semantic)];
         if phi.len() != m.dims.d_phi {
-            return Err(ModelError::PhiSize { found: phi.len(), expected: m.dims.d_phi });
+            return Err(ModelError::PhiSize {
+                found: phi.len(),
+                expected: m.dims.d_phi,
+            });
         }
         let n = self.bundle.items.ids.len();
         if let Some(&row) = history.iter().find(|&&r| r as usize >= n) {
@@ -157,24 +179,56 @@ impl L2Rec {
         }
         let started = Instant::now();
         let fusion = &self.bundle.heads.fusion;
-        let fused = kernels::fuse(&fusion.weight, &fusion.bias, &z[&View::Behavioral], &z[&View::Semantic]);
+        let fused = kernels::fuse(
+            &fusion.weight,
+            &fusion.bias,
+            &z[&View::Behavioral],
+            &z[&View::Semantic],
+        );
         timings.heads += started.elapsed();
-        Ok(Preference { u: fused.u, beta: fused.beta, scales, timings })
+        Ok(Preference {
+            u: fused.u,
+            beta: fused.beta,
+            scales,
+            timings,
+        })
     }
 
-    fn view_state(&mut self, view: View, scales: &[f32], history: &[u32]) -> Result<Vec<f32>, ModelError> {
+    fn view_state(
+        &mut self,
+        view: View,
+        scales: &[f32],
+        history: &[u32],
+    ) -> Result<Vec<f32>, ModelError> {
         let items = &self.bundle.items;
-        let mixture: Vec<(&Expert, f32)> = self.experts[&view].iter().zip(scales.iter().copied()).collect();
+        let mixture: Vec<(&Expert, f32)> = self.experts[&view]
+            .iter()
+            .zip(scales.iter().copied())
+            .collect();
         let session = self.sessions.get_mut(&view).expect("a session per view");
         session.set_mixture(&mixture)?;
-        let refs = history.iter().map(|&r| ItemRef { id: &items.ids[r as usize], text: &items.texts[r as usize] });
-        let prompt = self.bundle.manifest.views.get(view).template.render(view, refs);
+        let refs = history.iter().map(|&r| ItemRef {
+            id: &items.ids[r as usize],
+            text: &items.texts[r as usize],
+        });
+        let prompt = self
+            .bundle
+            .manifest
+            .views
+            .get(view)
+            .template
+            .render(view, refs);
         Ok(session.state(&self.backbone.tokenize(&prompt)?)?)
     }
 
     /// The top `k` catalog rows for a preference (SPEC step 8), never one of
     /// `exclude`.
-    pub fn top_k(&self, pref: &mut Preference, exclude: &[u32], k: usize) -> Result<Vec<Hit>, ModelError> {
+    pub fn top_k(
+        &self,
+        pref: &mut Preference,
+        exclude: &[u32],
+        k: usize,
+    ) -> Result<Vec<Hit>, ModelError> {
         let started = Instant::now();
         let mut sorted = exclude.to_vec();
         sorted.sort_unstable();

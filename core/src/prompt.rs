@@ -67,10 +67,25 @@ mod tests {
 
     #[test]
     fn renders_both_views() {
-        let t = Template { prefix: "P:".into(), sep: "\n".into() };
-        let items = [ItemRef { id: "7", text: "Heat (1995)" }, ItemRef { id: "9", text: "Fargo (1996)" }];
+        let t = Template {
+            prefix: "P:".into(),
+            sep: "\n".into(),
+        };
+        let items = [
+            ItemRef {
+                id: "7",
+                text: "Heat (1995)",
+            },
+            ItemRef {
+                id: "9",
+                text: "Fargo (1996)",
+            },
+        ];
         assert_eq!(t.render(View::Behavioral, items), "P:#7\n#9\n");
-        assert_eq!(t.render(View::Semantic, items), "P:Heat (1995)\nFargo (1996)\n");
+        assert_eq!(
+            t.render(View::Semantic, items),
+            "P:Heat (1995)\nFargo (1996)\n"
+        );
         assert_eq!(t.render(View::Semantic, []), "P:");
     }
 }

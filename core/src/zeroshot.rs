@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::backbone::Backbone;
-use crate::bundle::{BackboneRef, BundleWriter, Dims, Heads, HistorySpec, Items, ItemsSpec, Linear, Manifest, ViewSpec, Views, FORMAT, VERSION};
+use crate::bundle::{
+    BackboneRef, BundleWriter, Dims, Heads, HistorySpec, Items, ItemsSpec, Linear, Manifest,
+    ViewSpec, Views, FORMAT, VERSION,
+};
 use crate::catalog::Catalog;
 use crate::lora::{LoraSpec, SplitMix};
 use crate::model::{item_text_states, ModelError, Progress};
@@ -18,13 +21,24 @@ pub const MAX_ITEMS: usize = 50;
 /// The prompt templates the project uses for ml-100k.
 pub fn default_templates() -> (Template, Template) {
     (
-        Template { prefix: "Items a user interacted with, oldest first:\n".into(), sep: "\n".into() },
-        Template { prefix: "Movies a user watched, oldest first:\n".into(), sep: "\n".into() },
+        Template {
+            prefix: "Items a user interacted with, oldest first:\n".into(),
+            sep: "\n".into(),
+        },
+        Template {
+            prefix: "Movies a user watched, oldest first:\n".into(),
+            sep: "\n".into(),
+        },
     )
 }
 
 /// Builds the zero-shot bundle for `catalog` into `dir` (atomically).
-pub fn build(backbone: &Backbone, catalog: &Catalog, dir: &Path, progress: Progress) -> Result<PathBuf, ModelError> {
+pub fn build(
+    backbone: &Backbone,
+    catalog: &Catalog,
+    dir: &Path,
+    progress: Progress,
+) -> Result<PathBuf, ModelError> {
     let info = backbone.info();
     let d = info.n_embd;
     let (behavioral, semantic) = default_templates();
@@ -35,20 +49,45 @@ pub fn build(backbone: &Backbone, catalog: &Catalog, dir: &Path, progress: Progr
         version: VERSION,
         name: "zero-shot-ml-100k".into(),
         backbone: BackboneRef {
-            file: info.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            file: info
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             sha256: info.sha256.clone(),
             arch: info.arch.clone(),
             n_embd: d,
             n_layer: info.n_layer,
         },
         views: Views {
-            behavioral: ViewSpec { experts: 0, k: 0, template: behavioral },
-            semantic: ViewSpec { experts: 0, k: 0, template: semantic },
+            behavioral: ViewSpec {
+                experts: 0,
+                k: 0,
+                template: behavioral,
+            },
+            semantic: ViewSpec {
+                experts: 0,
+                k: 0,
+                template: semantic,
+            },
         },
-        lora: LoraSpec { rank: 8, alpha: 16.0, layers: vec![], modules: vec![] },
-        dims: Dims { d, d_r: D_R, d_phi: D_PHI },
-        history: HistorySpec { max_items: MAX_ITEMS },
-        items: ItemsSpec { count: catalog.len() },
+        lora: LoraSpec {
+            rank: 8,
+            alpha: 16.0,
+            layers: vec![],
+            modules: vec![],
+        },
+        dims: Dims {
+            d,
+            d_r: D_R,
+            d_phi: D_PHI,
+        },
+        history: HistorySpec {
+            max_items: MAX_ITEMS,
+        },
+        items: ItemsSpec {
+            count: catalog.len(),
+        },
         files: Default::default(),
     };
     let heads = Heads {
@@ -78,7 +117,9 @@ pub fn build(backbone: &Backbone, catalog: &Catalog, dir: &Path, progress: Progr
 /// dominant direction of the states from drowning the rest in dot products.
 pub fn whitened_pca(x: &[f32], d: usize, k: usize) -> Linear {
     let n = x.len() / d;
-    let mean: Vec<f64> = (0..d).map(|j| x.iter().skip(j).step_by(d).map(|&v| v as f64).sum::<f64>() / n as f64).collect();
+    let mean: Vec<f64> = (0..d)
+        .map(|j| x.iter().skip(j).step_by(d).map(|&v| v as f64).sum::<f64>() / n as f64)
+        .collect();
     let cov = covariance(x, &mean, d);
     let (vectors, values) = top_eigenvectors(&cov, d, k);
     let mut weight = vec![0f32; k * d];
@@ -91,7 +132,12 @@ pub fn whitened_pca(x: &[f32], d: usize, k: usize) -> Linear {
         }
         bias[c] = -(v.iter().zip(&mean).map(|(a, b)| a * b).sum::<f64>() * scale) as f32;
     }
-    Linear { weight, bias, rows: k, cols: d }
+    Linear {
+        weight,
+        bias,
+        rows: k,
+        cols: d,
+    }
 }
 
 fn covariance(x: &[f32], mean: &[f64], d: usize) -> Vec<f64> {
@@ -142,7 +188,10 @@ fn top_eigenvectors(m: &[f64], d: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
     let mut vectors = Vec::with_capacity(k * d);
     let mut values = Vec::with_capacity(k);
     for (value, mut vc) in pairs {
-        let peak = vc.iter().copied().fold(0f64, |a, b| if b.abs() > a.abs() { b } else { a });
+        let peak = vc
+            .iter()
+            .copied()
+            .fold(0f64, |a, b| if b.abs() > a.abs() { b } else { a });
         if peak < 0.0 {
             vc.iter_mut().for_each(|x| *x = -*x);
         }
@@ -155,7 +204,11 @@ fn top_eigenvectors(m: &[f64], d: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
 fn mat_vec(m: &[f64], v: &[f64], out: &mut [f64]) {
     let d = v.len();
     for (i, o) in out.iter_mut().enumerate() {
-        *o = m[i * d..(i + 1) * d].iter().zip(v).map(|(a, b)| a * b).sum();
+        *o = m[i * d..(i + 1) * d]
+            .iter()
+            .zip(v)
+            .map(|(a, b)| a * b)
+            .sum();
     }
 }
 
@@ -191,10 +244,14 @@ mod tests {
         }
         let pca = whitened_pca(&x, 3, 2);
         let first = &pca.weight[..3];
-        let cos = (first[0] + first[1]) / (2f32.sqrt() * first.iter().map(|v| v * v).sum::<f32>().sqrt());
+        let cos =
+            (first[0] + first[1]) / (2f32.sqrt() * first.iter().map(|v| v * v).sum::<f32>().sqrt());
         assert!(cos > 0.999, "first direction {first:?}");
         // Projected coordinates have unit variance.
-        let proj: Vec<f32> = x.chunks(3).map(|r| crate::kernels::project(&pca.weight, &pca.bias, r)[0]).collect();
+        let proj: Vec<f32> = x
+            .chunks(3)
+            .map(|r| crate::kernels::project(&pca.weight, &pca.bias, r)[0])
+            .collect();
         let var = proj.iter().map(|p| p * p).sum::<f32>() / proj.len() as f32;
         assert!((var - 1.0).abs() < 0.05, "variance {var}");
     }

@@ -13,7 +13,12 @@ fn state(session: &mut Session, bb: &Backbone, text: &str) -> Vec<f32> {
 }
 
 fn experts(bb: &Backbone, dir: &std::path::Path, n: u64, amplitude: f32) -> Vec<Expert> {
-    let spec = LoraSpec { rank: 8, alpha: 16.0, layers: vec![15, 16, 17], modules: vec!["attn_q".into(), "ffn_up".into()] };
+    let spec = LoraSpec {
+        rank: 8,
+        alpha: 16.0,
+        layers: vec![15, 16, 17],
+        modules: vec!["attn_q".into(), "ffn_up".into()],
+    };
     (0..n)
         .map(|seed| {
             let path = dir.join(format!("e{seed}-{amplitude}.gguf"));
@@ -29,7 +34,13 @@ fn history_prompt(items: usize) -> String {
     let (_, template) = l2rec::zeroshot::default_templates();
     let longest = data.histories.iter().max_by_key(|h| h.rows.len()).unwrap();
     let rows = &longest.rows[..items];
-    template.render(View::Semantic, rows.iter().map(|&r| ItemRef { id: &data.catalog.ids[r as usize], text: &data.catalog.texts[r as usize] }))
+    template.render(
+        View::Semantic,
+        rows.iter().map(|&r| ItemRef {
+            id: &data.catalog.ids[r as usize],
+            text: &data.catalog.texts[r as usize],
+        }),
+    )
 }
 
 const TEXT: &str = "Movies a user watched, oldest first:\nToy Story (1995)\nHeat (1995)\n";
@@ -42,13 +53,31 @@ fn view_state_is_deterministic_and_zero_scales_are_the_base() {
     let mut s = bb.session().unwrap();
     let a = state(&mut s, &bb, TEXT);
     assert_eq!(a.len(), bb.n_embd());
-    assert_eq!(a, state(&mut s, &bb, TEXT), "same input, same layout: bit-identical");
-    assert_eq!(a, bb.session().unwrap().state_fresh(&bb.tokenize(TEXT).unwrap()).unwrap(), "a second session agrees");
+    assert_eq!(
+        a,
+        state(&mut s, &bb, TEXT),
+        "same input, same layout: bit-identical"
+    );
+    assert_eq!(
+        a,
+        bb.session()
+            .unwrap()
+            .state_fresh(&bb.tokenize(TEXT).unwrap())
+            .unwrap(),
+        "a second session agrees"
+    );
 
     s.set_mixture(&[(&e[0], 0.0)]).unwrap();
-    assert_eq!(state(&mut s, &bb, TEXT), a, "every scale 0 is the base model");
+    assert_eq!(
+        state(&mut s, &bb, TEXT),
+        a,
+        "every scale 0 is the base model"
+    );
     s.set_mixture(&[(&e[0], 1.0)]).unwrap();
-    assert!(rel_diff(&a, &state(&mut s, &bb, TEXT)) > 1e-3, "an expert at scale 1 moves the state");
+    assert!(
+        rel_diff(&a, &state(&mut s, &bb, TEXT)) > 1e-3,
+        "an expert at scale 1 moves the state"
+    );
 }
 
 #[test]
@@ -66,7 +95,11 @@ fn two_experts_differ_from_either_alone_and_order_does_not_matter() {
     let both = with(&[(&e[0], 0.6), (&e[1], 0.4)]);
     let swapped = with(&[(&e[1], 0.4), (&e[0], 0.6)]);
     assert!(rel_diff(&both, &first) > 1e-3 && rel_diff(&both, &second) > 1e-3);
-    assert!(rel_diff(&both, &swapped) < 1e-6, "order changed the state by {}", rel_diff(&both, &swapped));
+    assert!(
+        rel_diff(&both, &swapped) < 1e-6,
+        "order changed the state by {}",
+        rel_diff(&both, &swapped)
+    );
 }
 
 #[test]
@@ -79,14 +112,20 @@ fn on_f16_weights_an_expert_acts_linearly_for_small_scales() {
     let mut delta = |scale: f32| {
         s.set_mixture(&[(&e[0], scale)]).unwrap();
         let h = state(&mut s, &bb, TEXT);
-        h.iter().zip(&base).map(|(a, b)| a - b).collect::<Vec<f32>>()
+        h.iter()
+            .zip(&base)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<f32>>()
     };
     // ggml rounds activations to f16 for f16 weights (~1e-3 relative), so the
     // step must be large against that and small against the curvature: at
     // scale 0.2 the state moves ~2% and the linear prediction is ~4% off.
     let (d1, d2) = (delta(0.2), delta(0.4));
     let doubled: Vec<f32> = d1.iter().map(|x| 2.0 * x).collect();
-    assert!(d1.iter().any(|x| *x != 0.0), "a small scale moves the state");
+    assert!(
+        d1.iter().any(|x| *x != 0.0),
+        "a small scale moves the state"
+    );
     let err = rel_diff(&d2, &doubled);
     eprintln!("F16: |h(0.4) - h0 - 2 (h(0.2) - h0)| / |h(0.4) - h0| = {err:.4}");
     assert!(err < 0.08, "not linear: {err}");
@@ -97,19 +136,30 @@ fn append_vs_reencode(bb: &Backbone) -> (f32, usize, usize) {
     let mut s = bb.session().unwrap();
     let shorter = bb.tokenize(&history_prompt(19)).unwrap();
     let longer = bb.tokenize(&history_prompt(20)).unwrap();
-    assert_eq!(&longer[..shorter.len()], &shorter[..], "appending an item keeps the token prefix");
+    assert_eq!(
+        &longer[..shorter.len()],
+        &shorter[..],
+        "appending an item keeps the token prefix"
+    );
     s.state(&shorter).unwrap();
     let appended = s.state(&longer).unwrap();
     let evaluated = s.tokens_evaluated_last();
     let full = s.state_fresh(&longer).unwrap();
-    (rel_diff(&appended, &full), evaluated, longer.len() - shorter.len())
+    (
+        rel_diff(&appended, &full),
+        evaluated,
+        longer.len() - shorter.len(),
+    )
 }
 
 #[test]
 fn appending_evaluates_only_new_tokens_and_matches_a_reencode() {
     let (q4_diff, evaluated, new_tokens) = append_vs_reencode(&backbone());
     eprintln!("Q4_K_M: appended vs re-encoded relative difference {q4_diff:.5}");
-    assert_eq!(evaluated, new_tokens, "only the appended item's tokens are evaluated");
+    assert_eq!(
+        evaluated, new_tokens,
+        "only the appended item's tokens are evaluated"
+    );
     assert!(q4_diff < 0.08, "Q4_K_M append drifted by {q4_diff}");
     let (f16_diff, _, _) = append_vs_reencode(&f16_backbone());
     eprintln!("F16: appended vs re-encoded relative difference {f16_diff:.2e}");
@@ -126,13 +176,25 @@ fn unchanged_prompt_is_a_cache_hit_and_a_shorter_one_rolls_back() {
     assert_eq!(s.state(&long).unwrap(), first);
     assert_eq!(s.tokens_evaluated_last(), 0);
     let rolled_back = s.state(&short).unwrap();
-    assert_eq!(s.tokens_evaluated_last(), 1, "only the last token is re-evaluated");
+    assert_eq!(
+        s.tokens_evaluated_last(),
+        1,
+        "only the last token is re-evaluated"
+    );
     assert!(cosine(&rolled_back, &s.state_fresh(&short).unwrap()) > 0.99);
 }
 
 #[test]
 fn prompts_longer_than_a_batch_are_split_and_longer_than_the_context_refused() {
-    let bb = Backbone::open_verified(model_info(), BackboneConfig { n_ctx: 1024, n_batch: 128, ..config() }).unwrap();
+    let bb = Backbone::open_verified(
+        model_info(),
+        BackboneConfig {
+            n_ctx: 1024,
+            n_batch: 128,
+            ..config()
+        },
+    )
+    .unwrap();
     let mut s = bb.session().unwrap();
     let tokens = bb.tokenize(&history_prompt(30)).unwrap();
     assert!(tokens.len() > 128, "{} tokens", tokens.len());
@@ -140,10 +202,17 @@ fn prompts_longer_than_a_batch_are_split_and_longer_than_the_context_refused() {
     assert!(split.iter().all(|v| v.is_finite()));
     let too_long: Vec<i32> = tokens.iter().cycle().take(1100).copied().collect();
     match s.state_fresh(&too_long) {
-        Err(BackboneError::PromptTooLong { tokens: 1100, n_ctx: 1024 }) => {}
+        Err(BackboneError::PromptTooLong {
+            tokens: 1100,
+            n_ctx: 1024,
+        }) => {}
         other => panic!("expected PromptTooLong, got {other:?}"),
     }
-    assert_eq!(s.state_fresh(&tokens).unwrap(), split, "the session still works after a refusal");
+    assert_eq!(
+        s.state_fresh(&tokens).unwrap(),
+        split,
+        "the session still works after a refusal"
+    );
 }
 
 #[test]
@@ -158,8 +227,15 @@ fn a_running_evaluation_can_be_cancelled() {
     });
     let result = s.state_fresh(&tokens);
     canceller.join().unwrap();
-    assert!(matches!(result, Err(BackboneError::Cancelled)), "got {:?}", result.map(|v| v.len()));
-    assert!(s.state_fresh(&bb.tokenize(TEXT).unwrap()).is_ok(), "the session works after a cancel");
+    assert!(
+        matches!(result, Err(BackboneError::Cancelled)),
+        "got {:?}",
+        result.map(|v| v.len())
+    );
+    assert!(
+        s.state_fresh(&bb.tokenize(TEXT).unwrap()).is_ok(),
+        "the session works after a cancel"
+    );
 }
 
 #[test]
@@ -170,9 +246,15 @@ fn a_corrupted_model_is_refused_before_llama_cpp_loads_it() {
     // Random bytes in the middle of the weights: llama.cpp would load this.
     let mut bytes = std::fs::read(&copy).unwrap();
     let mid = bytes.len() / 2;
-    bytes[mid..mid + 4096].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 31) as u8);
+    bytes[mid..mid + 4096]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i * 31) as u8);
     std::fs::write(&copy, bytes).unwrap();
-    let config = BackboneConfig { expected_sha256: Some(l2rec::assets::MODEL_SHA256.into()), ..config() };
+    let config = BackboneConfig {
+        expected_sha256: Some(l2rec::assets::MODEL_SHA256.into()),
+        ..config()
+    };
     match Backbone::open(&copy, config) {
         Err(BackboneError::Checksum { .. }) => {}
         other => panic!("expected a checksum error, got {:?}", other.err()),

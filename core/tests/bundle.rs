@@ -48,7 +48,11 @@ fn manifest(dir: &Path) -> Manifest {
 }
 
 fn save(dir: &Path, m: &Manifest) {
-    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(m).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(m).unwrap(),
+    )
+    .unwrap();
 }
 
 /// Records a tampered file's new size and hash, so the check under test is
@@ -64,7 +68,8 @@ fn rehash(dir: &Path, name: &str) {
 
 fn edit_json(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("manifest.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(path, v.to_string()).unwrap();
 }
@@ -83,13 +88,23 @@ fn a_valid_bundle_opens_and_serves_recommendations() {
     let mut pref = model.preference(&phi, &history).unwrap();
     assert_eq!(pref.u.len(), D_R);
     for g in pref.scales.values() {
-        assert_eq!(g.iter().filter(|&&s| s > 0.0).count(), 1, "k = 1 expert active: {g:?}");
+        assert_eq!(
+            g.iter().filter(|&&s| s > 0.0).count(),
+            1,
+            "k = 1 expert active: {g:?}"
+        );
         assert!((g.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
     let hits = model.top_k(&mut pref, &history, 10).unwrap();
     assert_eq!(hits.len(), 10);
-    assert!(hits.iter().all(|h| !history.contains(&h.row)), "history excluded");
-    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "sorted by score");
+    assert!(
+        hits.iter().all(|h| !history.contains(&h.row)),
+        "history excluded"
+    );
+    assert!(
+        hits.windows(2).all(|w| w[0].score >= w[1].score),
+        "sorted by score"
+    );
     assert!(hits.iter().any(|h| h.score != 0.0), "real scores: {hits:?}");
     let mut again = model.preference(&phi, &history).unwrap();
     assert_eq!(again.u, pref.u, "a cache hit gives the same preference");
@@ -97,14 +112,19 @@ fn a_valid_bundle_opens_and_serves_recommendations() {
     // A phi aligned with the difference of the two gate rows picks the other
     // expert than its opposite does.
     let gate = &model.bundle().heads.gate_semantic;
-    let toward_first: Vec<f32> = (0..D_PHI).map(|j| 50.0 * (gate.weight[j] - gate.weight[D_PHI + j])).collect();
+    let toward_first: Vec<f32> = (0..D_PHI)
+        .map(|j| 50.0 * (gate.weight[j] - gate.weight[D_PHI + j]))
+        .collect();
     let toward_second: Vec<f32> = toward_first.iter().map(|p| -p).collect();
     let first = model.preference(&toward_first, &history).unwrap();
     let second = model.preference(&toward_second, &history).unwrap();
     let semantic = l2rec::prompt::View::Semantic;
     assert_eq!(first.scales[&semantic], vec![1.0, 0.0]);
     assert_eq!(second.scales[&semantic], vec![0.0, 1.0]);
-    assert_ne!(first.u, second.u, "the expert mixture changes the preference");
+    assert_ne!(
+        first.u, second.u,
+        "the expert mixture changes the preference"
+    );
 }
 
 #[test]
@@ -115,7 +135,10 @@ fn missing_file() {
     let (_d, dir) = fresh();
     std::fs::remove_file(dir.join("manifest.json")).unwrap();
     assert!(matches!(open(&dir), Err(BundleError::Missing(p)) if p.ends_with("manifest.json")));
-    assert!(matches!(open(&dir.join("nope")), Err(BundleError::NotADirectory(_))));
+    assert!(matches!(
+        open(&dir.join("nope")),
+        Err(BundleError::NotADirectory(_))
+    ));
 }
 
 #[test]
@@ -136,7 +159,9 @@ fn truncated_gguf_with_a_matching_manifest_fails_in_the_gguf_check() {
         std::fs::write(&path, &bytes[..keep.min(bytes.len() - 1)]).unwrap();
         rehash(&dir, EXPERT);
         match open(&dir) {
-            Err(BundleError::Expert(LoraError::Gguf(GgufError::NotGguf { .. } | GgufError::Parse { .. } | GgufError::OutOfBounds { .. }))) => {}
+            Err(BundleError::Expert(LoraError::Gguf(
+                GgufError::NotGguf { .. } | GgufError::Parse { .. } | GgufError::OutOfBounds { .. },
+            ))) => {}
             other => panic!("keep {keep}: {other:?}"),
         }
     }
@@ -148,15 +173,29 @@ fn random_bytes_instead_of_an_expert() {
     let path = dir.join(EXPERT);
     let len = std::fs::metadata(&path).unwrap().len() as usize;
     let mut rng = l2rec::lora::SplitMix(5);
-    std::fs::write(&path, (0..len).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &path,
+        (0..len).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>(),
+    )
+    .unwrap();
     rehash(&dir, EXPERT);
-    assert!(matches!(open(&dir), Err(BundleError::Expert(LoraError::Gguf(GgufError::NotGguf { .. })))));
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::Expert(LoraError::Gguf(
+            GgufError::NotGguf { .. }
+        )))
+    ));
     // GGUF magic and version followed by garbage: ggml's parser must refuse it.
     let mut bytes = b"GGUF\x03\x00\x00\x00".to_vec();
     bytes.extend((0..len).map(|_| rng.next_u64() as u8));
     std::fs::write(&path, bytes).unwrap();
     rehash(&dir, EXPERT);
-    assert!(matches!(open(&dir), Err(BundleError::Expert(LoraError::Gguf(GgufError::Parse { .. })))));
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::Expert(LoraError::Gguf(
+            GgufError::Parse { .. }
+        )))
+    ));
 }
 
 #[test]
@@ -167,19 +206,32 @@ fn wrong_checksum() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&path, bytes).unwrap();
-    assert!(matches!(open(&dir), Err(BundleError::Checksum { file, .. }) if file.ends_with("items.safetensors")));
+    assert!(
+        matches!(open(&dir), Err(BundleError::Checksum { file, .. }) if file.ends_with("items.safetensors"))
+    );
 }
 
-fn write_heads_with(dir: &Path, tweak: impl FnOnce(&mut Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)>)) {
+fn write_heads_with(
+    dir: &Path,
+    tweak: impl FnOnce(&mut Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)>),
+) {
     let path = dir.join("heads.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> =
-        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.dtype(), v.data().to_vec())).collect();
+    let mut tensors: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.dtype(), v.data().to_vec()))
+        .collect();
     tweak(&mut tensors);
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, s, d, data)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), data).unwrap()))
+        .map(|(n, s, d, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), data).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
     rehash(dir, "heads.safetensors");
@@ -206,14 +258,22 @@ fn wrong_shape_dtype_or_values_in_the_heads() {
         let proj = t.iter_mut().find(|t| t.0 == "proj.semantic.bias").unwrap();
         proj.3[..4].copy_from_slice(&f32::NAN.to_le_bytes());
     });
-    assert!(matches!(open(&dir), Err(BundleError::NonFinite { name, .. }) if name == "proj.semantic.bias"));
+    assert!(
+        matches!(open(&dir), Err(BundleError::NonFinite { name, .. }) if name == "proj.semantic.bias")
+    );
 
     let (_d, dir) = fresh();
     write_heads_with(&dir, |t| t.retain(|t| t.0 != "gate.semantic.weight"));
-    assert!(matches!(open(&dir), Err(BundleError::MissingTensor { name, .. }) if name == "gate.semantic.weight"));
+    assert!(
+        matches!(open(&dir), Err(BundleError::MissingTensor { name, .. }) if name == "gate.semantic.weight")
+    );
 
     let (_d, dir) = fresh();
-    std::fs::write(dir.join("heads.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}").unwrap();
+    std::fs::write(
+        dir.join("heads.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}",
+    )
+    .unwrap();
     rehash(&dir, "heads.safetensors");
     assert!(matches!(open(&dir), Err(BundleError::Safetensors { .. })));
 }
@@ -224,12 +284,24 @@ fn wrong_backbone() {
     let mut m = manifest(&dir);
     m.backbone.sha256 = "00".repeat(32);
     save(&dir, &m);
-    assert!(matches!(open(&dir), Err(BundleError::Backbone { field: "sha256", .. })));
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::Backbone {
+            field: "sha256",
+            ..
+        })
+    ));
     let (_d, dir) = fresh();
     let mut m = manifest(&dir);
     m.backbone.n_layer = 26;
     save(&dir, &m);
-    assert!(matches!(open(&dir), Err(BundleError::Backbone { field: "n_layer", .. })));
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::Backbone {
+            field: "n_layer",
+            ..
+        })
+    ));
 }
 
 fn write_expert_with(dir: &Path, arch: &str, rank: u64) {
@@ -243,8 +315,20 @@ fn write_expert_with(dir: &Path, arch: &str, rank: u64) {
         let shape = &info.tensors[&target];
         let a = vec![0.01f32; (shape[0] * rank) as usize];
         let b = vec![0.01f32; (rank * shape[1]) as usize];
-        w.add_tensor(&format!("{target}.lora_a"), &[shape[0], rank], &a, GGML_TYPE_F32).unwrap();
-        w.add_tensor(&format!("{target}.lora_b"), &[rank, shape[1]], &b, GGML_TYPE_F32).unwrap();
+        w.add_tensor(
+            &format!("{target}.lora_a"),
+            &[shape[0], rank],
+            &a,
+            GGML_TYPE_F32,
+        )
+        .unwrap();
+        w.add_tensor(
+            &format!("{target}.lora_b"),
+            &[rank, shape[1]],
+            &b,
+            GGML_TYPE_F32,
+        )
+        .unwrap();
     }
     w.write(&dir.join(EXPERT)).unwrap();
     rehash(dir, EXPERT);
@@ -255,29 +339,49 @@ fn expert_for_another_architecture_or_rank() {
     let (_d, dir) = fresh();
     write_expert_with(&dir, "llama", small_lora().rank as u64);
     match open(&dir) {
-        Err(BundleError::Expert(LoraError::Metadata { key: "general.architecture", found, .. })) => {
+        Err(BundleError::Expert(LoraError::Metadata {
+            key: "general.architecture",
+            found,
+            ..
+        })) => {
             assert_eq!(found.as_deref(), Some("llama"))
         }
         other => panic!("{other:?}"),
     }
     let (_d, dir) = fresh();
     write_expert_with(&dir, &model_info().arch, small_lora().rank as u64 * 2);
-    assert!(matches!(open(&dir), Err(BundleError::Expert(LoraError::Shape { .. }))));
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::Expert(LoraError::Shape { .. }))
+    ));
 }
 
 #[test]
 fn unknown_version_wrong_format_and_bad_json() {
     let (_d, dir) = fresh();
     edit_json(&dir, |v| v["version"] = 99.into());
-    assert!(matches!(open(&dir), Err(BundleError::Version { found: 99, supported: 1, .. })));
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::Version {
+            found: 99,
+            supported: 1,
+            ..
+        })
+    ));
     let (_d, dir) = fresh();
     edit_json(&dir, |v| v["format"] = "tflite".into());
     assert!(matches!(open(&dir), Err(BundleError::Format { .. })));
     let (_d, dir) = fresh();
-    std::fs::write(dir.join("manifest.json"), "{\"format\": \"l2rec-bundle\", \"version\": 1,").unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        "{\"format\": \"l2rec-bundle\", \"version\": 1,",
+    )
+    .unwrap();
     assert!(matches!(open(&dir), Err(BundleError::Json { line: 1, .. })));
     let (_d, dir) = fresh();
-    edit_json(&dir, |v| v.as_object_mut().unwrap().remove("dims").map(drop).unwrap());
+    edit_json(&dir, |v| {
+        v.as_object_mut().unwrap().remove("dims").map(drop).unwrap()
+    });
     assert!(matches!(open(&dir), Err(BundleError::Json { .. })));
 }
 
@@ -285,7 +389,9 @@ fn unknown_version_wrong_format_and_bad_json() {
 fn inconsistent_manifest() {
     let (_d, dir) = fresh();
     edit_json(&dir, |v| v["views"]["semantic"]["k"] = 3.into());
-    assert!(matches!(open(&dir), Err(BundleError::Invalid { what, .. }) if what.contains("semantic")));
+    assert!(
+        matches!(open(&dir), Err(BundleError::Invalid { what, .. }) if what.contains("semantic"))
+    );
     let (_d, dir) = fresh();
     edit_json(&dir, |v| {
         let files = v["files"].as_object_mut().unwrap();
@@ -296,15 +402,28 @@ fn inconsistent_manifest() {
     let (_d, dir) = fresh();
     edit_json(&dir, |v| {
         let entry = v["files"]["heads.safetensors"].clone();
-        v["files"].as_object_mut().unwrap().insert("../../etc/passwd".into(), entry);
+        v["files"]
+            .as_object_mut()
+            .unwrap()
+            .insert("../../etc/passwd".into(), entry);
     });
-    assert!(matches!(open(&dir), Err(BundleError::Invalid { what, .. }) if what.contains("outside")));
+    assert!(
+        matches!(open(&dir), Err(BundleError::Invalid { what, .. }) if what.contains("outside"))
+    );
     let (_d, dir) = fresh();
     edit_json(&dir, |v| v["items"]["count"] = (SMALL_ITEMS + 1).into());
-    assert!(matches!(open(&dir), Err(BundleError::Metadata { .. } | BundleError::Shape { .. })));
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::Metadata { .. } | BundleError::Shape { .. })
+    ));
     let (_d, dir) = fresh();
-    edit_json(&dir, |v| v["lora"]["modules"] = serde_json::json!(["attn_qq"]));
-    assert!(matches!(open(&dir), Err(BundleError::Expert(LoraError::Spec(_)))));
+    edit_json(&dir, |v| {
+        v["lora"]["modules"] = serde_json::json!(["attn_qq"])
+    });
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::Expert(LoraError::Spec(_)))
+    ));
 }
 
 #[test]
@@ -312,5 +431,8 @@ fn errors_name_the_file_and_say_what_to_do() {
     let (_d, dir) = fresh();
     edit_json(&dir, |v| v["version"] = 2.into());
     let msg = open(&dir).unwrap_err().to_string();
-    assert!(msg.contains("manifest.json") && msg.contains("update l2rec"), "{msg}");
+    assert!(
+        msg.contains("manifest.json") && msg.contains("update l2rec"),
+        "{msg}"
+    );
 }

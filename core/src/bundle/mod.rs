@@ -21,35 +21,73 @@ pub enum BundleError {
     #[error("{0}: missing")]
     Missing(PathBuf),
     #[error("{file}: {source}")]
-    Io { file: PathBuf, source: std::io::Error },
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}: invalid JSON at line {line}, column {column}: {msg}")]
-    Json { file: PathBuf, line: usize, column: usize, msg: String },
+    Json {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        msg: String,
+    },
     #[error("{file}: format is {found:?}, expected \"l2rec-bundle\"; is this an l2rec bundle?")]
     Format { file: PathBuf, found: String },
     #[error("{file}: bundle version {found} is not supported (this runtime reads version {supported}); re-export the bundle or update l2rec")]
-    Version { file: PathBuf, found: u32, supported: u32 },
+    Version {
+        file: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("{file}: {what}")]
     Invalid { file: PathBuf, what: String },
     #[error("{file}: required by the bundle but not listed in manifest.json `files`")]
     Unlisted { file: PathBuf },
     #[error("{file}: {found} bytes, the manifest says {expected} (truncated or replaced?)")]
-    Size { file: PathBuf, expected: u64, found: u64 },
+    Size {
+        file: PathBuf,
+        expected: u64,
+        found: u64,
+    },
     #[error("{file}: sha256 is {found}, the manifest says {expected} (corrupted?)")]
-    Checksum { file: PathBuf, expected: String, found: String },
+    Checksum {
+        file: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("{file}: not a valid safetensors file: {msg}")]
     Safetensors { file: PathBuf, msg: String },
     #[error("{file}: tensor `{name}` is missing")]
     MissingTensor { file: PathBuf, name: String },
     #[error("{file}: tensor `{name}` is {found}, expected F32")]
-    Dtype { file: PathBuf, name: String, found: String },
+    Dtype {
+        file: PathBuf,
+        name: String,
+        found: String,
+    },
     #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { file: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        file: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("{file}: tensor `{name}` holds NaN or infinite values")]
     NonFinite { file: PathBuf, name: String },
     #[error("{file}: metadata `{key}`: {what}")]
-    Metadata { file: PathBuf, key: String, what: String },
+    Metadata {
+        file: PathBuf,
+        key: String,
+        what: String,
+    },
     #[error("the bundle was made for backbone {field} {bundle}, but the model has {model}; use the bundle's backbone ({file})")]
-    Backbone { field: &'static str, bundle: String, model: String, file: String },
+    Backbone {
+        field: &'static str,
+        bundle: String,
+        model: String,
+        file: String,
+    },
     #[error("expert file: {0}")]
     Expert(#[from] LoraError),
 }
@@ -96,12 +134,24 @@ impl Bundle {
             }
             experts.insert(view, paths);
         }
-        Ok(Self { dir: dir.to_owned(), manifest, heads, items, users, experts })
+        Ok(Self {
+            dir: dir.to_owned(),
+            manifest,
+            heads,
+            items,
+            users,
+            experts,
+        })
     }
 
     /// Catalog rows by item id.
     pub fn item_rows(&self) -> HashMap<&str, usize> {
-        self.items.ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect()
+        self.items
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect()
     }
 }
 
@@ -110,7 +160,10 @@ fn io_error(file: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
         if source.kind() == std::io::ErrorKind::NotFound {
             BundleError::Missing(file.to_owned())
         } else {
-            BundleError::Io { file: file.to_owned(), source }
+            BundleError::Io {
+                file: file.to_owned(),
+                source,
+            }
         }
     }
 }
@@ -134,36 +187,63 @@ fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
     let header: Header = serde_json::from_str(&text).map_err(json_error)?;
     let format = header.format.unwrap_or_default();
     if format != FORMAT {
-        return Err(BundleError::Format { file, found: format });
+        return Err(BundleError::Format {
+            file,
+            found: format,
+        });
     }
     let version = header.version.unwrap_or(0);
     if version != VERSION {
-        return Err(BundleError::Version { file, found: version, supported: VERSION });
+        return Err(BundleError::Version {
+            file,
+            found: version,
+            supported: VERSION,
+        });
     }
     serde_json::from_str(&text).map_err(json_error)
 }
 
 fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
-    let invalid = |what: String| BundleError::Invalid { file: dir.join("manifest.json"), what };
+    let invalid = |what: String| BundleError::Invalid {
+        file: dir.join("manifest.json"),
+        what,
+    };
     for view in View::BOTH {
         let v = m.views.get(view);
-        let k_ok = if v.experts == 0 { v.k == 0 } else { (1..=v.experts).contains(&v.k) };
+        let k_ok = if v.experts == 0 {
+            v.k == 0
+        } else {
+            (1..=v.experts).contains(&v.k)
+        };
         if !k_ok {
-            return Err(invalid(format!("views.{view}: k = {} with {} experts", v.k, v.experts)));
+            return Err(invalid(format!(
+                "views.{view}: k = {} with {} experts",
+                v.k, v.experts
+            )));
         }
     }
     let d = m.dims;
     if d.d != m.backbone.n_embd || d.d_r == 0 || d.d_phi == 0 {
-        return Err(invalid(format!("dims {d:?} do not fit backbone n_embd {}", m.backbone.n_embd)));
+        return Err(invalid(format!(
+            "dims {d:?} do not fit backbone n_embd {}",
+            m.backbone.n_embd
+        )));
     }
     if m.history.max_items == 0 || m.items.count == 0 {
-        return Err(invalid("history.max_items and items.count must be positive".into()));
+        return Err(invalid(
+            "history.max_items and items.count must be positive".into(),
+        ));
     }
     Ok(())
 }
 
 fn check_backbone(b: &BackboneRef, model: &ModelInfo) -> Result<(), BundleError> {
-    let mismatch = |field, bundle: String, model: String| BundleError::Backbone { field, bundle, model, file: b.file.clone() };
+    let mismatch = |field, bundle: String, model: String| BundleError::Backbone {
+        field,
+        bundle,
+        model,
+        file: b.file.clone(),
+    };
     if !b.sha256.eq_ignore_ascii_case(&model.sha256) {
         return Err(mismatch("sha256", b.sha256.clone(), model.sha256.clone()));
     }
@@ -171,17 +251,28 @@ fn check_backbone(b: &BackboneRef, model: &ModelInfo) -> Result<(), BundleError>
         return Err(mismatch("arch", b.arch.clone(), model.arch.clone()));
     }
     if b.n_embd != model.n_embd {
-        return Err(mismatch("n_embd", b.n_embd.to_string(), model.n_embd.to_string()));
+        return Err(mismatch(
+            "n_embd",
+            b.n_embd.to_string(),
+            model.n_embd.to_string(),
+        ));
     }
     if b.n_layer != model.n_layer {
-        return Err(mismatch("n_layer", b.n_layer.to_string(), model.n_layer.to_string()));
+        return Err(mismatch(
+            "n_layer",
+            b.n_layer.to_string(),
+            model.n_layer.to_string(),
+        ));
     }
     Ok(())
 }
 
 /// The files a bundle must list: heads, items and every expert.
 fn required_files(m: &Manifest) -> Vec<String> {
-    let mut files = vec!["heads.safetensors".to_owned(), "items.safetensors".to_owned()];
+    let mut files = vec![
+        "heads.safetensors".to_owned(),
+        "items.safetensors".to_owned(),
+    ];
     for view in View::BOTH {
         files.extend((0..m.views.get(view).experts).map(|k| expert_file(view, k)));
     }
@@ -191,18 +282,28 @@ fn required_files(m: &Manifest) -> Vec<String> {
 fn check_listed_files(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
     for name in required_files(m) {
         if !m.files.contains_key(&name) {
-            return Err(BundleError::Unlisted { file: dir.join(name) });
+            return Err(BundleError::Unlisted {
+                file: dir.join(name),
+            });
         }
     }
     for (name, entry) in &m.files {
         let file = safe_join(dir, name)?;
         let found = std::fs::metadata(&file).map_err(io_error(&file))?.len();
         if found != entry.bytes {
-            return Err(BundleError::Size { file, expected: entry.bytes, found });
+            return Err(BundleError::Size {
+                file,
+                expected: entry.bytes,
+                found,
+            });
         }
         let sha = sha256_file(&file).map_err(io_error(&file))?;
         if !sha.eq_ignore_ascii_case(&entry.sha256) {
-            return Err(BundleError::Checksum { file, expected: entry.sha256.clone(), found: sha });
+            return Err(BundleError::Checksum {
+                file,
+                expected: entry.sha256.clone(),
+                found: sha,
+            });
         }
     }
     Ok(())
@@ -211,7 +312,9 @@ fn check_listed_files(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
 /// Joins a manifest-relative name, refusing names that leave the bundle.
 fn safe_join(dir: &Path, name: &str) -> Result<PathBuf, BundleError> {
     let rel = Path::new(name);
-    let inside = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    let inside = rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
     if !inside {
         return Err(BundleError::Invalid {
             file: dir.join("manifest.json"),
@@ -237,7 +340,11 @@ impl BundleWriter {
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(staging.join("experts")).map_err(io_error(&staging))?;
         manifest.files.clear();
-        Ok(Self { dir: dir.to_owned(), staging, manifest })
+        Ok(Self {
+            dir: dir.to_owned(),
+            staging,
+            manifest,
+        })
     }
 
     /// Where expert `k` of `view` must be written.
@@ -266,7 +373,9 @@ impl BundleWriter {
             let file = self.staging.join(&name);
             let bytes = std::fs::metadata(&file).map_err(io_error(&file))?.len();
             let sha256 = sha256_file(&file).map_err(io_error(&file))?;
-            self.manifest.files.insert(name, FileEntry { sha256, bytes });
+            self.manifest
+                .files
+                .insert(name, FileEntry { sha256, bytes });
         }
         let manifest = self.staging.join("manifest.json");
         let text = serde_json::to_string_pretty(&self.manifest).expect("a manifest serializes");

@@ -114,7 +114,9 @@ impl Model {
         // SAFETY: `c_path` is a valid C string for the call; params is by value.
         let ptr = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) };
         let ptr = NonNull::new(ptr).ok_or(LlamaError::ModelLoad)?;
-        Ok(Self { handle: Arc::new(ModelHandle(ptr)) })
+        Ok(Self {
+            handle: Arc::new(ModelHandle(ptr)),
+        })
     }
 
     fn ptr(&self) -> *mut sys::llama_model {
@@ -172,7 +174,10 @@ impl Model {
         let ptr = unsafe { sys::llama_adapter_lora_init(self.ptr(), c_path.as_ptr()) };
         let ptr = NonNull::new(ptr).ok_or(LlamaError::AdapterLoad)?;
         Ok(Adapter {
-            handle: Arc::new(AdapterHandle { ptr, _model: self.handle.clone() }),
+            handle: Arc::new(AdapterHandle {
+                ptr,
+                _model: self.handle.clone(),
+            }),
         })
     }
 }
@@ -301,7 +306,11 @@ extern "C" fn abort_if_cancelled(data: *mut c_void) -> bool {
 impl Context {
     pub fn new(model: &Model, params: ContextParams) -> Result<Self, LlamaError> {
         let cancel = Arc::new(AtomicBool::new(false));
-        let mut capture = Box::new(Capture { n_embd: model.n_embd(), rows: Vec::new(), failed: false });
+        let mut capture = Box::new(Capture {
+            n_embd: model.n_embd(),
+            rows: Vec::new(),
+            failed: false,
+        });
         // SAFETY: returns a plain struct of defaults.
         let mut cp = unsafe { sys::llama_context_default_params() };
         cp.n_ctx = params.n_ctx;
@@ -403,7 +412,9 @@ impl Context {
     /// (the caller then clears and re-encodes).
     pub fn truncate(&mut self, from: usize) -> bool {
         // SAFETY: the context is valid; sequence 0 is the only one in use.
-        unsafe { sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), 0, from as i32, -1) }
+        unsafe {
+            sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), 0, from as i32, -1)
+        }
     }
 
     /// Evaluates `tokens` at positions `start..start + tokens.len()` of the
@@ -419,9 +430,15 @@ impl Context {
     ) -> Result<Vec<Vec<f32>>, LlamaError> {
         let end = start + tokens.len();
         if end > self.params.n_ctx as usize {
-            return Err(LlamaError::ContextFull { tokens: end, n_ctx: self.params.n_ctx });
+            return Err(LlamaError::ContextFull {
+                tokens: end,
+                n_ctx: self.params.n_ctx,
+            });
         }
-        debug_assert!(outputs.windows(2).all(|w| w[0] < w[1]) && outputs.last().is_none_or(|&o| o < tokens.len()));
+        debug_assert!(
+            outputs.windows(2).all(|w| w[0] < w[1])
+                && outputs.last().is_none_or(|&o| o < tokens.len())
+        );
         let mut states = Vec::with_capacity(outputs.len());
         let mut next_output = 0;
         let mut offset = 0;
@@ -436,7 +453,10 @@ impl Context {
                 }
                 next_output += 1;
             }
-            let wanted: Vec<usize> = outputs[first_output..next_output].iter().map(|i| i - offset).collect();
+            let wanted: Vec<usize> = outputs[first_output..next_output]
+                .iter()
+                .map(|i| i - offset)
+                .collect();
             self.fill_batch(&tokens[offset..offset + len], start + offset, &wanted);
             self.run_batch()?;
             states.extend(self.captured(wanted.len())?);
@@ -485,7 +505,12 @@ impl Context {
         if self.capture.failed || self.capture.rows.len() != expected * n_embd {
             return Err(LlamaError::NoEmbedding(expected));
         }
-        Ok(self.capture.rows.chunks_exact(n_embd).map(<[f32]>::to_vec).collect())
+        Ok(self
+            .capture
+            .rows
+            .chunks_exact(n_embd)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }
 
@@ -506,7 +531,12 @@ pub fn model_meta(model: &Model, key: &str) -> Option<String> {
     let mut buf = vec![0u8; 256];
     // SAFETY: the buffer has buf.len() bytes; llama.cpp NUL-terminates within it.
     let n = unsafe {
-        sys::llama_model_meta_val_str(model.ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        sys::llama_model_meta_val_str(
+            model.ptr(),
+            key.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
     if n < 0 {
         return None;
@@ -526,7 +556,10 @@ pub fn bench_raw_decode(
     reps: usize,
 ) -> Result<Vec<std::time::Duration>, LlamaError> {
     if tokens.is_empty() || tokens.len() > params.n_batch as usize {
-        return Err(LlamaError::ContextFull { tokens: tokens.len(), n_ctx: params.n_batch });
+        return Err(LlamaError::ContextFull {
+            tokens: tokens.len(),
+            n_ctx: params.n_batch,
+        });
     }
     let mut ctx = Context::new(model, params)?;
     let last = tokens.len() - 1;

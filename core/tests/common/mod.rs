@@ -13,7 +13,10 @@ use l2rec::prompt::View;
 
 pub fn config() -> BackboneConfig {
     // One thread per test: the test harness runs tests side by side.
-    BackboneConfig { threads: Some(1), ..Default::default() }
+    BackboneConfig {
+        threads: Some(1),
+        ..Default::default()
+    }
 }
 
 pub fn model_info() -> ModelInfo {
@@ -34,7 +37,9 @@ pub fn f16_backbone() -> Backbone {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     let path = PATH.get_or_init(|| {
         let info = model_info();
-        let path = assets::cache_dir().join("models").join(format!("f16-{}.gguf", &info.sha256[..12]));
+        let path = assets::cache_dir()
+            .join("models")
+            .join(format!("f16-{}.gguf", &info.sha256[..12]));
         if !path.exists() {
             write_f16_copy(&info.path, &path, &mut |_, _| {}).expect("write the F16 copy");
         }
@@ -45,11 +50,19 @@ pub fn f16_backbone() -> Backbone {
 
 pub fn dataset() -> Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
-    DATA.get_or_init(|| Dataset::load_ml100k(&assets::ml100k_dir().expect("ml-100k")).expect("parse ml-100k")).clone()
+    DATA.get_or_init(|| {
+        Dataset::load_ml100k(&assets::ml100k_dir().expect("ml-100k")).expect("parse ml-100k")
+    })
+    .clone()
 }
 
 pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
+    let num: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt();
     let den: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     num / den
 }
@@ -62,7 +75,12 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 pub fn small_lora() -> LoraSpec {
-    LoraSpec { rank: 4, alpha: 8.0, layers: vec![17], modules: vec!["attn_q".into(), "ffn_up".into()] }
+    LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        layers: vec![17],
+        modules: vec!["attn_q".into(), "ffn_up".into()],
+    }
 }
 
 fn random_linear(rng: &mut SplitMix, rows: usize, cols: usize, amp: f32) -> Linear {
@@ -96,11 +114,23 @@ pub fn write_small_bundle(dir: &Path) -> PathBuf {
             n_layer: info.n_layer,
         },
         views: Views {
-            behavioral: ViewSpec { experts: 2, k: 1, template: behavioral },
-            semantic: ViewSpec { experts: 2, k: 1, template: semantic },
+            behavioral: ViewSpec {
+                experts: 2,
+                k: 1,
+                template: behavioral,
+            },
+            semantic: ViewSpec {
+                experts: 2,
+                k: 1,
+                template: semantic,
+            },
         },
         lora: small_lora(),
-        dims: Dims { d: info.n_embd, d_r: D_R, d_phi: D_PHI },
+        dims: Dims {
+            d: info.n_embd,
+            d_r: D_R,
+            d_phi: D_PHI,
+        },
         history: HistorySpec { max_items: 20 },
         items: ItemsSpec { count: SMALL_ITEMS },
         files: Default::default(),
@@ -119,7 +149,9 @@ pub fn write_small_bundle(dir: &Path) -> PathBuf {
     let items = Items {
         ids: data.catalog.ids[..SMALL_ITEMS].to_vec(),
         texts: data.catalog.texts[..SMALL_ITEMS].to_vec(),
-        id_embedding: (0..SMALL_ITEMS * D_R).map(|_| 0.1 * rng.next_signed()).collect(),
+        id_embedding: (0..SMALL_ITEMS * D_R)
+            .map(|_| 0.1 * rng.next_signed())
+            .collect(),
         bias: (0..SMALL_ITEMS).map(|_| 0.01 * rng.next_signed()).collect(),
         text_state: None,
     };
@@ -129,7 +161,14 @@ pub fn write_small_bundle(dir: &Path) -> PathBuf {
     for view in View::BOTH {
         for k in 0..2 {
             let seed = 100 + k as u64 + 10 * (view == View::Semantic) as u64;
-            write_random_expert(&writer.expert_path(view, k), &info, &small_lora(), seed, 0.05).unwrap();
+            write_random_expert(
+                &writer.expert_path(view, k),
+                &info,
+                &small_lora(),
+                seed,
+                0.05,
+            )
+            .unwrap();
         }
     }
     writer.finish().expect("finish the bundle")
