@@ -1,14 +1,15 @@
 //! l2rec: the on-device runtime of the L2Rec recommender (see `docs/ARCHITECTURE.md`).
 #![deny(unsafe_code)]
 
-#[allow(unsafe_code)]
-pub mod ffi;
-pub mod kernels;
 pub mod assets;
 pub mod backbone;
 pub mod bundle;
 pub mod catalog;
+#[allow(unsafe_code)]
+pub mod ffi;
+pub mod kernels;
 pub mod lora;
 pub mod model;
+pub mod personalize;
 pub mod prompt;
 pub mod zeroshot;

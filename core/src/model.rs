@@ -2,7 +2,7 @@
 //! backbone computes view states, the kernels do gate, heads and scoring.
 //! The engine (per-user state, events) builds on this.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::backbone::{Backbone, BackboneError, Expert, Session};
@@ -51,6 +51,15 @@ pub fn item_text_states(
     Ok(states)
 }
 
+/// The heads' intermediate values for one pair of view states.
+#[derive(Debug, Clone)]
+pub struct HeadsOut {
+    pub z_b: Vec<f32>,
+    pub z_s: Vec<f32>,
+    pub u: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
 /// Where the time of one preference computation went.
 #[derive(Debug, Clone, Default)]
 pub struct StepTimings {
@@ -74,13 +83,29 @@ pub struct Preference {
     pub timings: StepTimings,
 }
 
-/// A bundle ready to serve: experts loaded, item vectors on the scorer.
+/// An item the bundle never saw: served by its text alone (SPEC step 7, `E[i] = 0`).
+#[derive(Debug, Clone)]
+pub struct ColdItem {
+    pub id: String,
+    pub text: String,
+    /// The base backbone's state of its one-item semantic history.
+    pub text_state: Vec<f32>,
+}
+
+/// A bundle ready to serve: experts loaded, item vectors on the scorer. The
+/// catalog is the bundle's items (rows `0..N`) followed by cold items.
 pub struct L2Rec {
     backbone: Backbone,
     bundle: Bundle,
     experts: BTreeMap<View, Vec<Expert>>,
     sessions: BTreeMap<View, Session>,
     scorer: Scorer,
+    ids: Vec<String>,
+    texts: Vec<String>,
+    rows: HashMap<String, u32>,
+    /// `e_i`, `[rows, d_r]`, kept on the CPU for full-softmax losses.
+    vectors: Vec<f32>,
+    bias: Vec<f32>,
 }
 
 impl L2Rec {
@@ -107,21 +132,126 @@ impl L2Rec {
                 progress,
             )?,
         };
-        let rows = item_vectors(&bundle, &text_states);
-        let catalog = CatalogMatrix::new(
-            rows,
-            bundle.manifest.dims.d_r,
-            bundle.items.bias.clone(),
-            Storage::F32,
-        )?;
+        let vectors = item_vectors(&bundle, &text_states);
+        let bias = bundle.items.bias.clone();
+        let catalog = CatalogMatrix::new(vectors.clone(), bundle.manifest.dims.d_r, bias.clone(), Storage::F32)?;
         let scorer = Scorer::auto(catalog);
-        Ok(Self {
-            backbone,
-            bundle,
-            experts,
-            sessions,
-            scorer,
-        })
+        let ids = bundle.items.ids.clone();
+        let texts = bundle.items.texts.clone();
+        let rows = ids.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect();
+        Ok(Self { backbone, bundle, experts, sessions, scorer, ids, texts, rows, vectors, bias })
+    }
+
+    /// Adds items the bundle never saw (replacing earlier cold items) and puts
+    /// the grown catalog on the scorer.
+    pub fn set_cold_items(&mut self, cold: &[ColdItem]) -> Result<(), ModelError> {
+        let n = self.bundle.items.ids.len();
+        let (d_r, q) = (self.bundle.manifest.dims.d_r, &self.bundle.heads.text_proj);
+        self.ids.truncate(n);
+        self.texts.truncate(n);
+        self.vectors.truncate(n * d_r);
+        self.bias.truncate(n);
+        self.rows.retain(|_, r| (*r as usize) < n);
+        for item in cold {
+            if self.rows.contains_key(&item.id) {
+                continue;
+            }
+            self.rows.insert(item.id.clone(), self.ids.len() as u32);
+            self.ids.push(item.id.clone());
+            self.texts.push(item.text.clone());
+            self.vectors.extend(kernels::project(&q.weight, &q.bias, &item.text_state));
+            self.bias.push(0.0);
+        }
+        let catalog = CatalogMatrix::new(self.vectors.clone(), d_r, self.bias.clone(), Storage::F32)?;
+        self.scorer = Scorer::auto(catalog);
+        Ok(())
+    }
+
+    /// The base backbone's state of `text` as a one-item semantic history
+    /// (what a cold item needs).
+    pub fn text_state(&mut self, text: &str) -> Result<Vec<f32>, ModelError> {
+        let template = self.bundle.manifest.views.semantic.template.clone();
+        let prompt = template.render(View::Semantic, [ItemRef { id: "", text }]);
+        let tokens = self.backbone.tokenize(&prompt)?;
+        let session = self.sessions.get_mut(&View::Semantic).expect("a session per view");
+        session.set_mixture(&[])?;
+        Ok(session.state_fresh(&tokens)?)
+    }
+
+    /// Catalog row of an item id (bundle items and cold items).
+    pub fn row(&self, id: &str) -> Option<u32> {
+        self.rows.get(id).copied()
+    }
+
+    pub fn item_id(&self, row: u32) -> &str {
+        &self.ids[row as usize]
+    }
+
+    pub fn item_text(&self, row: u32) -> &str {
+        &self.texts[row as usize]
+    }
+
+    /// Rows in the catalog (bundle and cold items).
+    pub fn catalog_len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// `e_i` of every row, `[rows, d_r]`, and the biases.
+    pub fn item_vectors(&self) -> (&[f32], &[f32]) {
+        (&self.vectors, &self.bias)
+    }
+
+    /// The experts of a view.
+    pub fn expert_count(&self, view: View) -> usize {
+        self.experts[&view].len()
+    }
+
+    /// The gate's scales for `phi` (SPEC step 1).
+    pub fn scales(&self, view: View, phi: &[f32]) -> Vec<f32> {
+        let gate = self.bundle.heads.gate(view);
+        kernels::gate(&gate.weight, &gate.bias, phi, self.bundle.manifest.views.get(view).k)
+    }
+
+    /// Teacher forcing (SPEC "Training"): one pass of `view` under the mixture
+    /// `scales` gives the state at the end of every item of `history` (the
+    /// last token of its separator), `[len, d]`.
+    pub fn states_after_each_item(&mut self, view: View, scales: &[f32], history: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.check_rows(history)?;
+        let template = self.bundle.manifest.views.get(view).template.clone();
+        let render = |items: &[u32]| {
+            template.render(view, items.iter().map(|&r| ItemRef { id: &self.ids[r as usize], text: &self.texts[r as usize] }))
+        };
+        let tokens = self.backbone.tokenize(&render(history))?;
+        let mut ends = Vec::with_capacity(history.len());
+        for i in 1..=history.len() {
+            // Token boundaries are where the prefix's own tokenization ends; a
+            // separator that merged with the next item would shift them, so
+            // clamp to stay ascending and inside the prompt.
+            let len = self.backbone.tokenize(&render(&history[..i]))?.len();
+            let floor = ends.last().map_or(0, |&e: &usize| e + 1);
+            ends.push((len - 1).clamp(floor, tokens.len() - 1));
+        }
+        ends.dedup();
+        let mixture: Vec<(&Expert, f32)> = self.experts[&view].iter().zip(scales.iter().copied()).collect();
+        let session = self.sessions.get_mut(&view).expect("a session per view");
+        session.set_mixture(&mixture)?;
+        Ok(session.states_at(&tokens, &ends)?)
+    }
+
+    /// Projections and fusion (SPEC steps 5 and 6) for one pair of view states.
+    pub fn heads(&self, h_b: &[f32], h_s: &[f32]) -> HeadsOut {
+        let heads = &self.bundle.heads;
+        let z_b = kernels::project(&heads.proj_behavioral.weight, &heads.proj_behavioral.bias, h_b);
+        let z_s = kernels::project(&heads.proj_semantic.weight, &heads.proj_semantic.bias, h_s);
+        let fused = kernels::fuse(&heads.fusion.weight, &heads.fusion.bias, &z_b, &z_s);
+        HeadsOut { z_b, z_s, u: fused.u, beta: fused.beta }
+    }
+
+    fn check_rows(&self, history: &[u32]) -> Result<(), ModelError> {
+        match history.iter().find(|&&r| r as usize >= self.ids.len()) {
+            Some(&row) => Err(ModelError::UnknownRow { row, len: self.ids.len() }),
+            None => Ok(()),
+        }
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -148,10 +278,7 @@ impl L2Rec {
                 expected: m.dims.d_phi,
             });
         }
-        let n = self.bundle.items.ids.len();
-        if let Some(&row) = history.iter().find(|&&r| r as usize >= n) {
-            return Err(ModelError::UnknownRow { row, len: n });
-        }
+        self.check_rows(history)?;
         let history = &history[history.len().saturating_sub(m.history.max_items)..];
         let history = history.to_vec();
         let mut timings = StepTimings::default();
@@ -200,17 +327,14 @@ impl L2Rec {
         scales: &[f32],
         history: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
-        let items = &self.bundle.items;
+        let (ids, texts) = (&self.ids, &self.texts);
         let mixture: Vec<(&Expert, f32)> = self.experts[&view]
             .iter()
             .zip(scales.iter().copied())
             .collect();
         let session = self.sessions.get_mut(&view).expect("a session per view");
         session.set_mixture(&mixture)?;
-        let refs = history.iter().map(|&r| ItemRef {
-            id: &items.ids[r as usize],
-            text: &items.texts[r as usize],
-        });
+        let refs = history.iter().map(|&r| ItemRef { id: &ids[r as usize], text: &texts[r as usize] });
         let prompt = self
             .bundle
             .manifest
