@@ -1,6 +1,7 @@
 //! `l2rec`: the command line of the on-device L2Rec runtime.
 
 mod bench_backbone;
+mod bench_engine;
 mod bench_score;
 mod demo;
 mod inspect;
@@ -41,6 +42,8 @@ enum Bench {
     Backbone(bench_backbone::BackboneArgs),
     /// Catalog scoring, CPU against GPU.
     Score(bench_score::ScoreArgs),
+    /// The engine: recommend, observe, personalize, memory, store size.
+    Engine(bench_engine::EngineArgs),
 }
 
 fn init_tracing() {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => return inspect::run(args),
         Command::Bench(Bench::Backbone(args)) => bench_backbone::run(args),
         Command::Bench(Bench::Score(args)) => bench_score::run(args),
+        Command::Bench(Bench::Engine(args)) => bench_engine::run(args),
         Command::Tool(tool) => tools::run(tool),
     };
     match result {

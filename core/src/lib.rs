@@ -5,6 +5,7 @@ pub mod assets;
 pub mod backbone;
 pub mod bundle;
 pub mod catalog;
+pub mod engine;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod kernels;
@@ -12,4 +13,5 @@ pub mod lora;
 pub mod model;
 pub mod personalize;
 pub mod prompt;
+pub mod store;
 pub mod zeroshot;

@@ -81,6 +81,8 @@ pub struct Preference {
     /// Expert scales `g_v` per view.
     pub scales: BTreeMap<View, Vec<f32>>,
     pub timings: StepTimings,
+    /// The view states `h_b`, `h_s` it came from.
+    pub states: [Vec<f32>; 2],
 }
 
 /// An item the bundle never saw: served by its text alone (SPEC step 7, `E[i] = 0`).
@@ -284,6 +286,7 @@ impl L2Rec {
         let mut timings = StepTimings::default();
         let mut scales = BTreeMap::new();
         let mut z = BTreeMap::new();
+        let mut states = [Vec::new(), Vec::new()];
         for (view, k) in View::BOTH.into_iter().zip(active) {
             let started = Instant::now();
             let gate = self.bundle.heads.gate(view);
@@ -301,6 +304,7 @@ impl L2Rec {
             let started = Instant::now();
             let proj = self.bundle.heads.proj(view);
             z.insert(view, kernels::project(&proj.weight, &proj.bias, &h));
+            states[view as usize] = h;
             timings.heads += started.elapsed();
             scales.insert(view, g);
         }
@@ -318,6 +322,7 @@ impl L2Rec {
             beta: fused.beta,
             scales,
             timings,
+            states,
         })
     }
 

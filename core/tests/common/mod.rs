@@ -99,6 +99,11 @@ pub const D_PHI: usize = 8;
 /// A small but complete bundle: the first 40 ml-100k items, 2 random experts
 /// per view (k = 1), random heads; item text states left for the device.
 pub fn write_small_bundle(dir: &Path) -> PathBuf {
+    write_small_bundle_with(dir, 1)
+}
+
+/// The small bundle with `k` of its 2 experts active per view.
+pub fn write_small_bundle_with(dir: &Path, k: usize) -> PathBuf {
     let info = model_info();
     let data = dataset();
     let (behavioral, semantic) = l2rec::zeroshot::default_templates();

@@ -1,0 +1,171 @@
+//! `l2rec bench engine`: the engine on the real model and the ml-100k catalog.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use l2rec::backbone::{Backbone, BackboneConfig, ModelInfo};
+use l2rec::bundle::{Bundle, BundleWriter, Linear};
+use l2rec::catalog::Dataset;
+use l2rec::engine::*;
+use l2rec::lora::{write_random_expert, LoraSpec, SplitMix};
+use l2rec::prompt::View;
+use l2rec::store::Durability;
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct EngineArgs {
+    /// Print one JSON object on one line.
+    #[arg(long)]
+    pub json: bool,
+    /// Warm recommendations to time.
+    #[arg(long, default_value_t = 200)]
+    pub warm: usize,
+    /// Events to time per durability mode.
+    #[arg(long, default_value_t = 200)]
+    pub events: usize,
+    #[arg(long)]
+    pub threads: Option<u32>,
+}
+
+fn percentile(times: &mut [Duration], p: f64) -> f64 {
+    times.sort();
+    let i = ((times.len() as f64 - 1.0) * p).round() as usize;
+    times[i].as_secs_f64() * 1e3
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// The zero-shot ml-100k bundle with 4 random rank-8 experts per view (k = 2)
+/// on attn_q/attn_v of the top 4 layers and random gates: the shape of a
+/// trained bundle, so personalization has work to do.
+fn bench_bundle(backbone: &Backbone, data: &Dataset, dir: &Path) -> anyhow::Result<PathBuf> {
+    let zero = l2rec::assets::bundles_dir().join(format!("zero-shot-ml-100k-{}", &backbone.info().sha256[..12]));
+    if Bundle::open(&zero, backbone.info()).is_err() {
+        eprintln!("building the zero-shot bundle first (cached at {})", zero.display());
+        l2rec::zeroshot::build(backbone, &data.catalog, &zero, &mut |_, _| true)?;
+    }
+    let base = Bundle::open(&zero, backbone.info())?;
+    let info = backbone.info();
+    let n = info.n_layer as u32;
+    let mut manifest = base.manifest.clone();
+    manifest.name = "bench-random-experts".into();
+    manifest.lora = LoraSpec { rank: 8, alpha: 16.0, layers: (n - 4..n).collect(), modules: vec!["attn_q".into(), "attn_v".into()] };
+    manifest.views.behavioral.experts = 4;
+    manifest.views.behavioral.k = 2;
+    manifest.views.semantic.experts = 4;
+    manifest.views.semantic.k = 2;
+    let mut rng = SplitMix(9);
+    let d_phi = manifest.dims.d_phi;
+    let mut gate = || Linear { weight: (0..4 * d_phi).map(|_| rng.next_signed()).collect(), bias: vec![0.0; 4], rows: 4, cols: d_phi };
+    let mut heads = base.heads.clone();
+    heads.gate_behavioral = gate();
+    heads.gate_semantic = gate();
+    heads.phi_mean = vec![0.1; d_phi];
+    let writer = BundleWriter::new(dir, manifest.clone())?;
+    writer.write_heads(&heads)?;
+    writer.write_items(&base.items)?;
+    for view in View::BOTH {
+        for k in 0..4 {
+            write_random_expert(&writer.expert_path(view, k), info, &manifest.lora, 1000 + k as u64 + 10 * view as u64, 0.02)?;
+        }
+    }
+    Ok(writer.finish()?)
+}
+
+fn open_engine(model: &Path, bundle: &Path, store: &Path, durability: Durability, threads: Option<u32>) -> anyhow::Result<Engine> {
+    let mut config = EngineConfig::new(model.to_owned(), bundle.to_owned(), store.to_owned());
+    config.durability = durability;
+    config.threads = threads;
+    config.master_key = Some([42u8; 32]);
+    Ok(Engine::open(config, &mut |_, _| {}, &CancelToken::default())?)
+}
+
+fn event(item: &str, t: i64) -> EventInput {
+    EventInput { item_id: item.to_owned(), timestamp_ms: t, kind: "view".into(), item_text: None }
+}
+
+fn observe_p50(engine: &Engine, user: &str, data: &Dataset, n: usize) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(n);
+    for t in 0..n {
+        let item = &data.catalog.ids[t % data.catalog.len()];
+        let started = Instant::now();
+        engine.observe(user, &event(item, t as i64))?;
+        times.push(started.elapsed());
+    }
+    Ok(percentile(&mut times, 0.5))
+}
+
+pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
+    let model = l2rec::assets::model_path()?;
+    let info = ModelInfo::read(&model, Some(l2rec::assets::MODEL_SHA256))?;
+    let data = Dataset::load_ml100k(&l2rec::assets::ml100k_dir()?)?;
+    let tmp = tempfile::tempdir()?;
+    let bundle = {
+        let backbone = Backbone::open_verified(info.clone(), BackboneConfig { threads: args.threads, ..Default::default() })?;
+        bench_bundle(&backbone, &data, &tmp.path().join("bundle"))?
+    };
+    let engine = open_engine(&model, &bundle, &tmp.path().join("store"), Durability::Immediate, args.threads)?;
+
+    // A user with a 20-item ml-100k history.
+    let history = &data.histories.iter().find(|h| h.rows.len() >= 40).context("a user with 40 items")?.rows;
+    for (t, &r) in history[..20].iter().enumerate() {
+        engine.observe("bench", &event(&data.catalog.ids[r as usize], t as i64))?;
+    }
+    let started = Instant::now();
+    engine.recommend("bench", 10, RecommendOptions::default())?;
+    let cold = started.elapsed().as_secs_f64() * 1e3;
+    let mut warm = Vec::with_capacity(args.warm);
+    for _ in 0..args.warm {
+        let started = Instant::now();
+        engine.recommend("bench", 10, RecommendOptions::default())?;
+        warm.push(started.elapsed());
+    }
+    // One appended item: the KV cache takes only its tokens.
+    engine.observe("bench", &event(&data.catalog.ids[history[20] as usize], 20))?;
+    let started = Instant::now();
+    engine.recommend("bench", 10, RecommendOptions::default())?;
+    let appended = started.elapsed().as_secs_f64() * 1e3;
+
+    let started = Instant::now();
+    let report = engine.personalize("bench", PersonalizeOptions::default(), &mut |_, _| {}, &CancelToken::default())?;
+    let personalize = started.elapsed().as_secs_f64() * 1e3;
+
+    let observe_immediate = observe_p50(&engine, "observer", &data, args.events)?;
+    engine.flush()?;
+    let stats = engine.stats()?;
+    drop(engine);
+    let batched = open_engine(&model, &bundle, &tmp.path().join("store-batched"), Durability::Batched { flush_every_ms: 200 }, args.threads)?;
+    let observe_batched = observe_p50(&batched, "observer", &data, args.events)?;
+    drop(batched);
+
+    let catalog_bytes = data.catalog.len() * (64 * 4 + 4) + std::fs::metadata(bundle.join("items.safetensors"))?.len() as usize;
+    let out = json!({
+        "recommend_warm_p50_ms": percentile(&mut warm, 0.5),
+        "recommend_warm_p95_ms": percentile(&mut warm, 0.95),
+        "recommend_cold_ms": cold,
+        "recommend_after_one_event_ms": appended,
+        "observe_p50_ms": {"immediate": observe_immediate, "batched": observe_batched},
+        "personalize_ms": personalize,
+        "personalize": report,
+        "peak_rss_mb": peak_rss_mb(),
+        "model_bytes": info.file_bytes,
+        "catalog_bytes": catalog_bytes,
+        "rss_budget_mb": 1.3 * (info.file_bytes as f64 + catalog_bytes as f64) / (1024.0 * 1024.0),
+        "store_bytes_on_disk": stats.store_bytes_on_disk,
+        "store_live_bytes": stats.store_live_bytes,
+        "scorer": stats.scorer,
+        "threads": args.threads.unwrap_or_else(l2rec::backbone::default_threads),
+        "load_avg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
