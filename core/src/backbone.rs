@@ -135,9 +135,11 @@ pub struct BackboneConfig {
     pub expected_sha256: Option<String>,
     /// Threads per session; `None` picks [`default_threads`].
     pub threads: Option<u32>,
-    /// Tokens a session can hold (prompt length limit).
+    /// Tokens a session can hold (prompt length limit). Each token costs
+    /// 18 KiB of KV cache on Gemma 3 270M; 1024 holds 50 typical titles.
     pub n_ctx: u32,
-    /// Tokens per llama.cpp decode call; longer prompts are split.
+    /// Tokens per llama.cpp decode call; longer prompts are split. Bounds the
+    /// compute buffer llama.cpp reserves.
     pub n_batch: u32,
 }
 
@@ -146,8 +148,8 @@ impl Default for BackboneConfig {
         Self {
             expected_sha256: None,
             threads: None,
-            n_ctx: 2048,
-            n_batch: 512,
+            n_ctx: 1024,
+            n_batch: 256,
         }
     }
 }
@@ -247,6 +249,10 @@ impl Backbone {
     /// The underlying llama.cpp model, for benchmarks that bypass the session.
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    pub fn config(&self) -> &BackboneConfig {
+        &self.config
     }
 }
 

@@ -24,7 +24,10 @@ pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the backbone {path}: {source}")]
-    Backbone { path: PathBuf, source: crate::backbone::BackboneError },
+    Backbone {
+        path: PathBuf,
+        source: crate::backbone::BackboneError,
+    },
     #[error("unknown item `{0}`: upsert it first, or give its text with the event to add it as a cold item")]
     UnknownItem(String),
     #[error("invalid argument: {0}")]
@@ -56,7 +59,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_id_bytes: 256, max_text_bytes: 2048, max_k: 1000, max_items_per_call: 100_000 }
+        Self {
+            max_id_bytes: 256,
+            max_text_bytes: 2048,
+            max_k: 1000,
+            max_items_per_call: 100_000,
+        }
     }
 }
 
@@ -159,7 +167,12 @@ pub struct PersonalizeOptions {
 
 impl Default for PersonalizeOptions {
     fn default() -> Self {
-        Self { steps: 30, learning_rate: 0.5, l2: 0.01, holdout: 0.25 }
+        Self {
+            steps: 30,
+            learning_rate: 0.5,
+            l2: 0.01,
+            holdout: 0.25,
+        }
     }
 }
 
@@ -212,13 +225,28 @@ impl Engine {
     /// Verifies the backbone against the bundle, opens the bundle, the store,
     /// and loads the cold items the store knows. Reports progress while item
     /// text states are computed (bundles that do not ship them).
-    pub fn open(config: EngineConfig, progress: ProgressFn, cancel: &CancelToken) -> Result<Self, EngineError> {
+    pub fn open(
+        config: EngineConfig,
+        progress: ProgressFn,
+        cancel: &CancelToken,
+    ) -> Result<Self, EngineError> {
         let manifest_backbone = read_backbone_sha(&config)?;
         let info = ModelInfo::read(&config.model_path, manifest_backbone.as_deref())?;
         let backbone_sha256 = info.sha256.clone();
-        let backbone = Backbone::open_verified(info, BackboneConfig { threads: config.threads, ..Default::default() })?;
+        let backbone = Backbone::open_verified(
+            info,
+            BackboneConfig {
+                threads: config.threads,
+                ..Default::default()
+            },
+        )?;
         let bundle = Bundle::open(&config.bundle_dir, backbone.info())?;
-        let bundle_id = bundle.manifest.files.get("heads.safetensors").map(|f| f.sha256.clone()).unwrap_or_default();
+        let bundle_id = bundle
+            .manifest
+            .files
+            .get("heads.safetensors")
+            .map(|f| f.sha256.clone())
+            .unwrap_or_default();
         let store = Store::open(StoreConfig {
             path: config.store_path.clone(),
             master_key: config.master_key,
@@ -253,19 +281,29 @@ impl Engine {
     fn model(&self) -> MutexGuard<'_, L2Rec> {
         // A panic while holding the lock cannot leave the model half-updated
         // in a way later calls would trust: states are recomputed per call.
-        self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.model
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn check_id(&self, id: &str) -> Result<(), EngineError> {
         if id.is_empty() || id.len() > self.limits.max_id_bytes {
-            return Err(EngineError::Invalid(format!("ids must be 1 to {} bytes, got {}", self.limits.max_id_bytes, id.len())));
+            return Err(EngineError::Invalid(format!(
+                "ids must be 1 to {} bytes, got {}",
+                self.limits.max_id_bytes,
+                id.len()
+            )));
         }
         Ok(())
     }
 
     fn check_text(&self, text: &str) -> Result<(), EngineError> {
         if text.len() > self.limits.max_text_bytes {
-            return Err(EngineError::Invalid(format!("item text is {} bytes, the limit is {}", text.len(), self.limits.max_text_bytes)));
+            return Err(EngineError::Invalid(format!(
+                "item text is {} bytes, the limit is {}",
+                text.len(),
+                self.limits.max_text_bytes
+            )));
         }
         Ok(())
     }
@@ -273,9 +311,18 @@ impl Engine {
     /// Adds or updates catalog items. Items the bundle knows keep their learned
     /// embedding; new ones become cold items (text state computed once,
     /// cached in the store per backbone).
-    pub fn upsert_items(&self, items: &[ItemInput], progress: ProgressFn, cancel: &CancelToken) -> Result<(), EngineError> {
+    pub fn upsert_items(
+        &self,
+        items: &[ItemInput],
+        progress: ProgressFn,
+        cancel: &CancelToken,
+    ) -> Result<(), EngineError> {
         if items.len() > self.limits.max_items_per_call {
-            return Err(EngineError::Invalid(format!("{} items in one call, the limit is {}", items.len(), self.limits.max_items_per_call)));
+            return Err(EngineError::Invalid(format!(
+                "{} items in one call, the limit is {}",
+                items.len(),
+                self.limits.max_items_per_call
+            )));
         }
         for item in items {
             self.check_id(&item.id)?;
@@ -288,12 +335,24 @@ impl Engine {
                 return Err(EngineError::Cancelled);
             }
             progress(i, items.len());
-            let known = model.row(&item.id).filter(|&r| (r as usize) < self.bundle_items);
-            if known.is_none() && self.store.text_state(&item.id, &self.backbone_sha256)?.is_none() {
+            let known = model
+                .row(&item.id)
+                .filter(|&r| (r as usize) < self.bundle_items);
+            if known.is_none()
+                && self
+                    .store
+                    .text_state(&item.id, &self.backbone_sha256)?
+                    .is_none()
+            {
                 let state = model.text_state(&item.text)?;
-                self.store.put_text_state(&item.id, &self.backbone_sha256, &state)?;
+                self.store
+                    .put_text_state(&item.id, &self.backbone_sha256, &state)?;
             }
-            stored.push(StoredItem { id: item.id.clone(), text: item.text.clone(), row: known.unwrap_or(u32::MAX) });
+            stored.push(StoredItem {
+                id: item.id.clone(),
+                text: item.text.clone(),
+                row: known.unwrap_or(u32::MAX),
+            });
         }
         self.store.upsert_items(&stored)?;
         progress(items.len(), items.len());
@@ -305,12 +364,18 @@ impl Engine {
         let mut model = self.model();
         let mut cold = Vec::new();
         for item in self.store.items()? {
-            let known = model.row(&item.id).is_some_and(|r| (r as usize) < self.bundle_items);
+            let known = model
+                .row(&item.id)
+                .is_some_and(|r| (r as usize) < self.bundle_items);
             if known {
                 continue;
             }
             if let Some(text_state) = self.store.text_state(&item.id, &self.backbone_sha256)? {
-                cold.push(ColdItem { id: item.id, text: item.text, text_state });
+                cold.push(ColdItem {
+                    id: item.id,
+                    text: item.text,
+                    text_state,
+                });
             }
         }
         model.set_cold_items(&cold)?;
@@ -324,29 +389,60 @@ impl Engine {
         self.check_id(&event.item_id)?;
         let known = self.model().row(&event.item_id).is_some();
         if !known {
-            let text = event.item_text.clone().ok_or_else(|| EngineError::UnknownItem(event.item_id.clone()))?;
-            self.upsert_items(&[ItemInput { id: event.item_id.clone(), text }], &mut |_, _| {}, &CancelToken::default())?;
+            let text = event
+                .item_text
+                .clone()
+                .ok_or_else(|| EngineError::UnknownItem(event.item_id.clone()))?;
+            self.upsert_items(
+                &[ItemInput {
+                    id: event.item_id.clone(),
+                    text,
+                }],
+                &mut |_, _| {},
+                &CancelToken::default(),
+            )?;
         }
-        let stored = Event { item_id: event.item_id.clone(), timestamp_ms: event.timestamp_ms, kind: event.kind.clone() };
+        let stored = Event {
+            item_id: event.item_id.clone(),
+            timestamp_ms: event.timestamp_ms,
+            kind: event.kind.clone(),
+        };
         Ok(self.store.append_event(user, &stored)?)
     }
 
     fn phi(&self, user: &str) -> Result<Vec<f32>, EngineError> {
-        Ok(self.store.user(user)?.map(|r| r.phi).unwrap_or_else(|| self.phi_mean.clone()))
+        Ok(self
+            .store
+            .user(user)?
+            .map(|r| r.phi)
+            .unwrap_or_else(|| self.phi_mean.clone()))
     }
 
     /// The user's history as catalog rows, oldest first, the last `max_items`.
     fn history(&self, model: &L2Rec, user: &str) -> Result<Vec<u32>, EngineError> {
-        let rows: Vec<u32> = self.store.events(user)?.iter().filter_map(|e| model.row(&e.item_id)).collect();
+        let rows: Vec<u32> = self
+            .store
+            .events(user)?
+            .iter()
+            .filter_map(|e| model.row(&e.item_id))
+            .collect();
         Ok(rows[rows.len().saturating_sub(self.max_items)..].to_vec())
     }
 
     /// Top-k for a user (SPEC step 8). A user without events gets the most
     /// popular items.
-    pub fn recommend(&self, user: &str, k: usize, options: RecommendOptions) -> Result<Vec<Recommendation>, EngineError> {
+    pub fn recommend(
+        &self,
+        user: &str,
+        k: usize,
+        options: RecommendOptions,
+    ) -> Result<Vec<Recommendation>, EngineError> {
         self.check_id(user)?;
         if k == 0 || k > self.limits.max_k {
-            return Err(EngineError::Invalid(format!("k must be 1 to {}, got {k}", self.limits.max_k)));
+            return Err(EngineError::Invalid(format!(
+                "k must be 1 to {}, got {k}",
+                self.limits.max_k
+            )));
         }
         let mut model = self.model();
         let history = self.history(&model, user)?;
@@ -355,16 +451,36 @@ impl Engine {
         }
         let phi = self.phi(user)?;
         let mut pref = self.cached_preference(&mut model, user, &phi, &history)?;
-        let exclude = if options.include_history { Vec::new() } else { history.clone() };
+        let exclude = if options.include_history {
+            Vec::new()
+        } else {
+            history.clone()
+        };
         let hits = model.top_k(&mut pref, &exclude, k)?;
-        Ok(hits.iter().map(|h| Recommendation { item_id: model.item_id(h.row).to_owned(), text: model.item_text(h.row).to_owned(), score: h.score }).collect())
+        Ok(hits
+            .iter()
+            .map(|h| Recommendation {
+                item_id: model.item_id(h.row).to_owned(),
+                text: model.item_text(h.row).to_owned(),
+                score: h.score,
+            })
+            .collect())
     }
 
     /// The preference, from view states cached in the store when the history
     /// and the mixture are unchanged; else from the backbone (which itself
     /// reuses its KV cache for an appended item).
-    fn cached_preference(&self, model: &mut L2Rec, user: &str, phi: &[f32], history: &[u32]) -> Result<crate::model::Preference, EngineError> {
-        let ids: Vec<String> = history.iter().map(|&r| model.item_id(r).to_owned()).collect();
+    fn cached_preference(
+        &self,
+        model: &mut L2Rec,
+        user: &str,
+        phi: &[f32],
+        history: &[u32],
+    ) -> Result<crate::model::Preference, EngineError> {
+        let ids: Vec<String> = history
+            .iter()
+            .map(|&r| model.item_id(r).to_owned())
+            .collect();
         let keys: Vec<crate::store::ViewStateKey> = View::BOTH
             .iter()
             .map(|&v| crate::store::ViewStateKey {
@@ -373,11 +489,23 @@ impl Engine {
                 bundle_id: self.bundle_id.clone(),
             })
             .collect();
-        let cached = (self.store.view_state(user, &keys[0])?, self.store.view_state(user, &keys[1])?);
+        let cached = (
+            self.store.view_state(user, &keys[0])?,
+            self.store.view_state(user, &keys[1])?,
+        );
         if let (Some(h_b), Some(h_s)) = cached {
             let out = model.heads(&h_b, &h_s);
-            let scales = View::BOTH.iter().map(|&v| (v, model.scales(v, phi))).collect();
-            return Ok(crate::model::Preference { u: out.u, beta: out.beta, scales, timings: Default::default(), states: [h_b, h_s] });
+            let scales = View::BOTH
+                .iter()
+                .map(|&v| (v, model.scales(v, phi)))
+                .collect();
+            return Ok(crate::model::Preference {
+                u: out.u,
+                beta: out.beta,
+                scales,
+                timings: Default::default(),
+                states: [h_b, h_s],
+            });
         }
         let pref = model.preference(phi, history)?;
         self.store.put_view_state(user, &keys[0], &pref.states[0])?;
@@ -399,13 +527,22 @@ impl Engine {
         let (_, bias) = model.item_vectors();
         let mut rows: Vec<u32> = (0..model.catalog_len() as u32).collect();
         rows.sort_by(|a, b| {
-            let (ca, cb) = (counts.get(a).copied().unwrap_or(0), counts.get(b).copied().unwrap_or(0));
-            cb.cmp(&ca).then(bias[*b as usize].total_cmp(&bias[*a as usize])).then(a.cmp(b))
+            let (ca, cb) = (
+                counts.get(a).copied().unwrap_or(0),
+                counts.get(b).copied().unwrap_or(0),
+            );
+            cb.cmp(&ca)
+                .then(bias[*b as usize].total_cmp(&bias[*a as usize]))
+                .then(a.cmp(b))
         });
         Ok(rows
             .iter()
             .take(k)
-            .map(|&r| Recommendation { item_id: model.item_id(r).to_owned(), text: model.item_text(r).to_owned(), score: counts.get(&r).copied().unwrap_or(0) as f32 })
+            .map(|&r| Recommendation {
+                item_id: model.item_id(r).to_owned(),
+                text: model.item_text(r).to_owned(),
+                score: counts.get(&r).copied().unwrap_or(0) as f32,
+            })
             .collect())
     }
 
@@ -417,9 +554,16 @@ impl Engine {
         let history = self.history(&model, user)?;
         let phi = self.phi(user)?;
         if history.is_empty() {
-            let expert_scales = View::BOTH.iter().map(|&v| (v, model.scales(v, &phi))).collect();
+            let expert_scales = View::BOTH
+                .iter()
+                .map(|&v| (v, model.scales(v, &phi)))
+                .collect();
             let view_weight = BTreeMap::from([(View::Behavioral, 0.5), (View::Semantic, 0.5)]);
-            return Ok(Explanation { expert_scales, view_weight, reasons: Vec::new() });
+            return Ok(Explanation {
+                expert_scales,
+                view_weight,
+                reasons: Vec::new(),
+            });
         }
         let mut pref = self.cached_preference(&mut model, user, &phi, &history)?;
         let hits = model.top_k(&mut pref, &history, 10)?;
@@ -427,30 +571,57 @@ impl Engine {
         let (vectors, _) = model.item_vectors();
         let d_r = pref.u.len();
         let row = |r: u32| &vectors[r as usize * d_r..(r as usize + 1) * d_r];
-        let unique: Vec<u32> = history.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+        let unique: Vec<u32> = history
+            .iter()
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let reasons = hits
             .iter()
             .map(|hit| {
-                let mut pulls: Vec<(f32, u32)> = unique.iter().map(|&h| (row(h).iter().zip(row(hit.row)).map(|(a, b)| a * b).sum(), h)).collect();
+                let mut pulls: Vec<(f32, u32)> = unique
+                    .iter()
+                    .map(|&h| (row(h).iter().zip(row(hit.row)).map(|(a, b)| a * b).sum(), h))
+                    .collect();
                 pulls.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                (model.item_id(hit.row).to_owned(), pulls.iter().take(3).map(|&(_, h)| model.item_id(h).to_owned()).collect())
+                (
+                    model.item_id(hit.row).to_owned(),
+                    pulls
+                        .iter()
+                        .take(3)
+                        .map(|&(_, h)| model.item_id(h).to_owned())
+                        .collect(),
+                )
             })
             .collect();
         Ok(Explanation {
             expert_scales: pref.scales.clone(),
-            view_weight: BTreeMap::from([(View::Behavioral, mean_beta), (View::Semantic, 1.0 - mean_beta)]),
+            view_weight: BTreeMap::from([
+                (View::Behavioral, mean_beta),
+                (View::Semantic, 1.0 - mean_beta),
+            ]),
             reasons,
         })
     }
 
     /// Refines the user's `phi` from their own events (SPEC "On-device
     /// personalization"); saves it only when the held-back loss improves.
-    pub fn personalize(&self, user: &str, options: PersonalizeOptions, progress: ProgressFn, cancel: &CancelToken) -> Result<PersonalizeReport, EngineError> {
+    pub fn personalize(
+        &self,
+        user: &str,
+        options: PersonalizeOptions,
+        progress: ProgressFn,
+        cancel: &CancelToken,
+    ) -> Result<PersonalizeReport, EngineError> {
         self.check_id(user)?;
         let mut model = self.model();
         let history = self.history(&model, user)?;
         let phi0 = self.phi(user)?;
-        let experts = [model.expert_count(View::Behavioral), model.expert_count(View::Semantic)];
+        let experts = [
+            model.expert_count(View::Behavioral),
+            model.expert_count(View::Semantic),
+        ];
         let not_run = |reason: &str| PersonalizeReport {
             train_loss_before: 0.0,
             train_loss_after: 0.0,
@@ -467,19 +638,23 @@ impl Engine {
             return Ok(not_run("fewer than 3 events: not enough to learn from"));
         }
         // Targets: the state after item t predicts item t + 1.
-        let targets: Vec<(usize, u32)> = (0..history.len() - 1).map(|t| (t, history[t + 1])).collect();
-        let held = ((targets.len() as f32 * options.holdout).ceil() as usize).clamp(1, targets.len() - 1);
+        let targets: Vec<(usize, u32)> = (0..history.len() - 1)
+            .map(|t| (t, history[t + 1]))
+            .collect();
+        let held =
+            ((targets.len() as f32 * options.holdout).ceil() as usize).clamp(1, targets.len() - 1);
         let (train, held_out) = targets.split_at(targets.len() - held);
         let total_passes = 2 * 2 + experts[0] + experts[1] + 2;
         let mut passes = 0;
-        let mut step = |model: &mut L2Rec, view: View, scales: &[f32]| -> Result<Vec<Vec<f32>>, EngineError> {
-            if cancel.is_cancelled() {
-                return Err(EngineError::Cancelled);
-            }
-            progress(passes, total_passes);
-            passes += 1;
-            Ok(model.states_after_each_item(view, scales, &history)?)
-        };
+        let mut step =
+            |model: &mut L2Rec, view: View, scales: &[f32]| -> Result<Vec<Vec<f32>>, EngineError> {
+                if cancel.is_cancelled() {
+                    return Err(EngineError::Cancelled);
+                }
+                progress(passes, total_passes);
+                passes += 1;
+                Ok(model.states_after_each_item(view, scales, &history)?)
+            };
         let mut views = Vec::new();
         for view in View::BOTH {
             let g0 = model.scales(view, &phi0);
@@ -490,17 +665,39 @@ impl Engine {
                 let mut one = vec![0.0; g0.len()];
                 one[k] = 1.0;
                 let alone = step(&mut model, view, &one)?;
-                directions.push(alone.iter().zip(&base).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect()).collect());
+                directions.push(
+                    alone
+                        .iter()
+                        .zip(&base)
+                        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
+                        .collect(),
+                );
             }
-            views.push(Linearization { g0, at_g0, directions });
+            views.push(Linearization {
+                g0,
+                at_g0,
+                directions,
+            });
         }
         let heads = model.bundle().heads.clone();
         let (vectors, bias) = model.item_vectors();
         let (vectors, bias) = (vectors.to_vec(), bias.to_vec());
-        let active = [model.bundle().manifest.views.behavioral.k, model.bundle().manifest.views.semantic.k];
+        let active = [
+            model.bundle().manifest.views.behavioral.k,
+            model.bundle().manifest.views.semantic.k,
+        ];
         let semantic = views.pop().expect("two views");
         let behavioral = views.pop().expect("two views");
-        let problem = Problem { heads: &heads, active, views: [behavioral, semantic], items: &vectors, bias: &bias, targets: targets.clone(), phi_mean: &self.phi_mean, l2: options.l2 };
+        let problem = Problem {
+            heads: &heads,
+            active,
+            views: [behavioral, semantic],
+            items: &vectors,
+            bias: &bias,
+            targets: targets.clone(),
+            phi_mean: &self.phi_mean,
+            l2: options.l2,
+        };
         let (train_before, _) = loss_and_gradient(&problem, &phi0, train);
         let phi = descend(&problem, &phi0, train, options.steps, options.learning_rate);
         let (train_after, _) = loss_and_gradient(&problem, &phi, train);
@@ -520,7 +717,11 @@ impl Engine {
             held_out_loss_after: held_after,
             saved,
             backbone_passes: passes,
-            reason: if saved { "held-back loss improved".into() } else { "held-back loss did not improve; kept the old phi".into() },
+            reason: if saved {
+                "held-back loss improved".into()
+            } else {
+                "held-back loss did not improve; kept the old phi".into()
+            },
         })
     }
 
@@ -541,7 +742,17 @@ impl Engine {
         let mut loss = 0f64;
         for &(pos, target) in targets {
             let u = model.heads(&h_b[pos], &h_s[pos]).u;
-            let scores: Vec<f32> = bias.iter().enumerate().map(|(i, b)| b + vectors[i * d_r..(i + 1) * d_r].iter().zip(&u).map(|(e, u)| e * u).sum::<f32>()).collect();
+            let scores: Vec<f32> = bias
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    b + vectors[i * d_r..(i + 1) * d_r]
+                        .iter()
+                        .zip(&u)
+                        .map(|(e, u)| e * u)
+                        .sum::<f32>()
+                })
+                .collect();
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let sum: f64 = scores.iter().map(|&s| ((s - max) as f64).exp()).sum();
             loss += sum.ln() + (max - scores[target as usize]) as f64;
@@ -570,7 +781,11 @@ impl Engine {
             store_encrypted: self.store.is_encrypted(),
             store_bytes_on_disk: self.store.size_on_disk()?,
             store_live_bytes: self.store.live_bytes()?,
-            scorer: format!("{:?} ({})", model.scorer().backend(), model.scorer().adapter_name()),
+            scorer: format!(
+                "{:?} ({})",
+                model.scorer().backend(),
+                model.scorer().adapter_name()
+            ),
         })
     }
 
@@ -583,7 +798,9 @@ impl Engine {
 /// is checked against what the bundle was trained on.
 fn read_backbone_sha(config: &EngineConfig) -> Result<Option<String>, EngineError> {
     let path = config.bundle_dir.join("manifest.json");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     Ok(value["backbone"]["sha256"].as_str().map(str::to_owned))
 }

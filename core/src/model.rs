@@ -136,12 +136,32 @@ impl L2Rec {
         };
         let vectors = item_vectors(&bundle, &text_states);
         let bias = bundle.items.bias.clone();
-        let catalog = CatalogMatrix::new(vectors.clone(), bundle.manifest.dims.d_r, bias.clone(), Storage::F32)?;
+        let catalog = CatalogMatrix::new(
+            vectors.clone(),
+            bundle.manifest.dims.d_r,
+            bias.clone(),
+            Storage::F32,
+        )?;
         let scorer = Scorer::auto(catalog);
         let ids = bundle.items.ids.clone();
         let texts = bundle.items.texts.clone();
-        let rows = ids.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect();
-        Ok(Self { backbone, bundle, experts, sessions, scorer, ids, texts, rows, vectors, bias })
+        let rows = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
+        Ok(Self {
+            backbone,
+            bundle,
+            experts,
+            sessions,
+            scorer,
+            ids,
+            texts,
+            rows,
+            vectors,
+            bias,
+        })
     }
 
     /// Adds items the bundle never saw (replacing earlier cold items) and puts
@@ -161,10 +181,12 @@ impl L2Rec {
             self.rows.insert(item.id.clone(), self.ids.len() as u32);
             self.ids.push(item.id.clone());
             self.texts.push(item.text.clone());
-            self.vectors.extend(kernels::project(&q.weight, &q.bias, &item.text_state));
+            self.vectors
+                .extend(kernels::project(&q.weight, &q.bias, &item.text_state));
             self.bias.push(0.0);
         }
-        let catalog = CatalogMatrix::new(self.vectors.clone(), d_r, self.bias.clone(), Storage::F32)?;
+        let catalog =
+            CatalogMatrix::new(self.vectors.clone(), d_r, self.bias.clone(), Storage::F32)?;
         self.scorer = Scorer::auto(catalog);
         Ok(())
     }
@@ -175,7 +197,10 @@ impl L2Rec {
         let template = self.bundle.manifest.views.semantic.template.clone();
         let prompt = template.render(View::Semantic, [ItemRef { id: "", text }]);
         let tokens = self.backbone.tokenize(&prompt)?;
-        let session = self.sessions.get_mut(&View::Semantic).expect("a session per view");
+        let session = self
+            .sessions
+            .get_mut(&View::Semantic)
+            .expect("a session per view");
         session.set_mixture(&[])?;
         Ok(session.state_fresh(&tokens)?)
     }
@@ -211,17 +236,33 @@ impl L2Rec {
     /// The gate's scales for `phi` (SPEC step 1).
     pub fn scales(&self, view: View, phi: &[f32]) -> Vec<f32> {
         let gate = self.bundle.heads.gate(view);
-        kernels::gate(&gate.weight, &gate.bias, phi, self.bundle.manifest.views.get(view).k)
+        kernels::gate(
+            &gate.weight,
+            &gate.bias,
+            phi,
+            self.bundle.manifest.views.get(view).k,
+        )
     }
 
     /// Teacher forcing (SPEC "Training"): one pass of `view` under the mixture
     /// `scales` gives the state at the end of every item of `history` (the
     /// last token of its separator), `[len, d]`.
-    pub fn states_after_each_item(&mut self, view: View, scales: &[f32], history: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn states_after_each_item(
+        &mut self,
+        view: View,
+        scales: &[f32],
+        history: &[u32],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         self.check_rows(history)?;
         let template = self.bundle.manifest.views.get(view).template.clone();
         let render = |items: &[u32]| {
-            template.render(view, items.iter().map(|&r| ItemRef { id: &self.ids[r as usize], text: &self.texts[r as usize] }))
+            template.render(
+                view,
+                items.iter().map(|&r| ItemRef {
+                    id: &self.ids[r as usize],
+                    text: &self.texts[r as usize],
+                }),
+            )
         };
         let tokens = self.backbone.tokenize(&render(history))?;
         let mut ends = Vec::with_capacity(history.len());
@@ -234,7 +275,10 @@ impl L2Rec {
             ends.push((len - 1).clamp(floor, tokens.len() - 1));
         }
         ends.dedup();
-        let mixture: Vec<(&Expert, f32)> = self.experts[&view].iter().zip(scales.iter().copied()).collect();
+        let mixture: Vec<(&Expert, f32)> = self.experts[&view]
+            .iter()
+            .zip(scales.iter().copied())
+            .collect();
         let session = self.sessions.get_mut(&view).expect("a session per view");
         session.set_mixture(&mixture)?;
         Ok(session.states_at(&tokens, &ends)?)
@@ -243,15 +287,27 @@ impl L2Rec {
     /// Projections and fusion (SPEC steps 5 and 6) for one pair of view states.
     pub fn heads(&self, h_b: &[f32], h_s: &[f32]) -> HeadsOut {
         let heads = &self.bundle.heads;
-        let z_b = kernels::project(&heads.proj_behavioral.weight, &heads.proj_behavioral.bias, h_b);
+        let z_b = kernels::project(
+            &heads.proj_behavioral.weight,
+            &heads.proj_behavioral.bias,
+            h_b,
+        );
         let z_s = kernels::project(&heads.proj_semantic.weight, &heads.proj_semantic.bias, h_s);
         let fused = kernels::fuse(&heads.fusion.weight, &heads.fusion.bias, &z_b, &z_s);
-        HeadsOut { z_b, z_s, u: fused.u, beta: fused.beta }
+        HeadsOut {
+            z_b,
+            z_s,
+            u: fused.u,
+            beta: fused.beta,
+        }
     }
 
     fn check_rows(&self, history: &[u32]) -> Result<(), ModelError> {
         match history.iter().find(|&&r| r as usize >= self.ids.len()) {
-            Some(&row) => Err(ModelError::UnknownRow { row, len: self.ids.len() }),
+            Some(&row) => Err(ModelError::UnknownRow {
+                row,
+                len: self.ids.len(),
+            }),
             None => Ok(()),
         }
     }
@@ -337,17 +393,24 @@ impl L2Rec {
             .iter()
             .zip(scales.iter().copied())
             .collect();
+        let template = &self.bundle.manifest.views.get(view).template;
+        let n_ctx = self.backbone.config().n_ctx as usize;
+        // Keep the newest items that fit the context (SPEC: the last items count).
+        let mut first = 0;
+        let tokens = loop {
+            let refs = history[first..].iter().map(|&r| ItemRef {
+                id: &ids[r as usize],
+                text: &texts[r as usize],
+            });
+            let tokens = self.backbone.tokenize(&template.render(view, refs))?;
+            if tokens.len() <= n_ctx || first == history.len() {
+                break tokens;
+            }
+            first += 1;
+        };
         let session = self.sessions.get_mut(&view).expect("a session per view");
         session.set_mixture(&mixture)?;
-        let refs = history.iter().map(|&r| ItemRef { id: &ids[r as usize], text: &texts[r as usize] });
-        let prompt = self
-            .bundle
-            .manifest
-            .views
-            .get(view)
-            .template
-            .render(view, refs);
-        Ok(session.state(&self.backbone.tokenize(&prompt)?)?)
+        Ok(session.state(&tokens)?)
     }
 
     /// The top `k` catalog rows for a preference (SPEC step 8), never one of

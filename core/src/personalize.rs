@@ -25,7 +25,9 @@ impl Linearization {
         for (k, dir) in self.directions.iter().enumerate() {
             let step = g[k] - self.g0[k];
             if step != 0.0 {
-                h.iter_mut().zip(&dir[pos]).for_each(|(h, d)| *h += step * d);
+                h.iter_mut()
+                    .zip(&dir[pos])
+                    .for_each(|(h, d)| *h += step * d);
             }
         }
         h
@@ -62,19 +64,30 @@ impl Gate {
         // Largest first; ties: lower expert index wins (a stable sort keeps it).
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         let active: Vec<usize> = order.into_iter().take(k).collect();
-        let max = active.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max);
+        let max = active
+            .iter()
+            .map(|&i| logits[i])
+            .fold(f32::NEG_INFINITY, f32::max);
         let mut scales = vec![0f32; logits.len()];
         let total: f32 = active.iter().map(|&i| (logits[i] - max).exp()).sum();
         for &i in &active {
             scales[i] = (logits[i] - max).exp() / total;
         }
-        Self { logits, active, scales }
+        Self {
+            logits,
+            active,
+            scales,
+        }
     }
 
     /// `dL/dlogits` from `dL/dscales` through the softmax over the active set
     /// (the top-k choice itself is piecewise constant).
     fn backward(&self, d_scales: &[f32]) -> Vec<f32> {
-        let mean: f32 = self.active.iter().map(|&i| self.scales[i] * d_scales[i]).sum();
+        let mean: f32 = self
+            .active
+            .iter()
+            .map(|&i| self.scales[i] * d_scales[i])
+            .sum();
         let mut d_logits = vec![0f32; self.logits.len()];
         for &i in &self.active {
             d_logits[i] = self.scales[i] * (d_scales[i] - mean);
@@ -84,7 +97,16 @@ impl Gate {
 }
 
 fn matvec(l: &Linear, x: &[f32]) -> Vec<f32> {
-    (0..l.rows).map(|r| l.bias[r] + l.weight[r * l.cols..(r + 1) * l.cols].iter().zip(x).map(|(w, x)| w * x).sum::<f32>()).collect()
+    (0..l.rows)
+        .map(|r| {
+            l.bias[r]
+                + l.weight[r * l.cols..(r + 1) * l.cols]
+                    .iter()
+                    .zip(x)
+                    .map(|(w, x)| w * x)
+                    .sum::<f32>()
+        })
+        .collect()
 }
 
 /// `W^T y` for `W` `[rows, cols]`.
@@ -92,7 +114,9 @@ fn matvec_t(l: &Linear, y: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; l.cols];
     for (r, &yr) in y.iter().enumerate() {
         if yr != 0.0 {
-            out.iter_mut().zip(&l.weight[r * l.cols..(r + 1) * l.cols]).for_each(|(o, w)| *o += yr * w);
+            out.iter_mut()
+                .zip(&l.weight[r * l.cols..(r + 1) * l.cols])
+                .for_each(|(o, w)| *o += yr * w);
         }
     }
     out
@@ -104,38 +128,77 @@ fn sigmoid(x: f32) -> f32 {
 
 /// The loss and its gradient with respect to `phi` over `targets`.
 pub fn loss_and_gradient(p: &Problem, phi: &[f32], targets: &[(usize, u32)]) -> (f32, Vec<f32>) {
-    let gates = [View::Behavioral, View::Semantic].map(|v| Gate::new(p.heads.gate(v), phi, p.active[v as usize]));
+    let gates = [View::Behavioral, View::Semantic]
+        .map(|v| Gate::new(p.heads.gate(v), phi, p.active[v as usize]));
     let d_r = p.heads.fusion.rows;
     let n_items = p.bias.len();
     let mut loss = 0f64;
-    let mut d_scales = [vec![0f32; gates[0].logits.len()], vec![0f32; gates[1].logits.len()]];
+    let mut d_scales = [
+        vec![0f32; gates[0].logits.len()],
+        vec![0f32; gates[1].logits.len()],
+    ];
     for &(pos, target) in targets {
-        let h = [p.views[0].state(pos, &gates[0].scales), p.views[1].state(pos, &gates[1].scales)];
+        let h = [
+            p.views[0].state(pos, &gates[0].scales),
+            p.views[1].state(pos, &gates[1].scales),
+        ];
         let z_b = matvec(&p.heads.proj_behavioral, &h[0]);
         let z_s = matvec(&p.heads.proj_semantic, &h[1]);
-        let x: Vec<f32> = z_b.iter().chain(&z_s).copied().chain(z_b.iter().zip(&z_s).map(|(a, b)| a * b)).collect();
-        let beta: Vec<f32> = matvec(&p.heads.fusion, &x).into_iter().map(sigmoid).collect();
-        let u: Vec<f32> = (0..d_r).map(|j| beta[j] * z_b[j] + (1.0 - beta[j]) * z_s[j]).collect();
+        let x: Vec<f32> = z_b
+            .iter()
+            .chain(&z_s)
+            .copied()
+            .chain(z_b.iter().zip(&z_s).map(|(a, b)| a * b))
+            .collect();
+        let beta: Vec<f32> = matvec(&p.heads.fusion, &x)
+            .into_iter()
+            .map(sigmoid)
+            .collect();
+        let u: Vec<f32> = (0..d_r)
+            .map(|j| beta[j] * z_b[j] + (1.0 - beta[j]) * z_s[j])
+            .collect();
 
         // Full-softmax cross-entropy over the catalog.
-        let scores: Vec<f32> = (0..n_items).map(|i| p.bias[i] + p.items[i * d_r..(i + 1) * d_r].iter().zip(&u).map(|(e, u)| e * u).sum::<f32>()).collect();
+        let scores: Vec<f32> = (0..n_items)
+            .map(|i| {
+                p.bias[i]
+                    + p.items[i * d_r..(i + 1) * d_r]
+                        .iter()
+                        .zip(&u)
+                        .map(|(e, u)| e * u)
+                        .sum::<f32>()
+            })
+            .collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let sum: f64 = scores.iter().map(|&s| ((s - max) as f64).exp()).sum();
         loss += sum.ln() + max as f64 - scores[target as usize] as f64;
         let mut d_u = vec![0f32; d_r];
         for i in 0..n_items {
-            let prob = (((scores[i] - max) as f64).exp() / sum) as f32 - if i == target as usize { 1.0 } else { 0.0 };
-            d_u.iter_mut().zip(&p.items[i * d_r..(i + 1) * d_r]).for_each(|(d, e)| *d += prob * e);
+            let prob = (((scores[i] - max) as f64).exp() / sum) as f32
+                - if i == target as usize { 1.0 } else { 0.0 };
+            d_u.iter_mut()
+                .zip(&p.items[i * d_r..(i + 1) * d_r])
+                .for_each(|(d, e)| *d += prob * e);
         }
 
         // Back through the fusion head.
-        let a: Vec<f32> = (0..d_r).map(|j| d_u[j] * (z_b[j] - z_s[j]) * beta[j] * (1.0 - beta[j])).collect();
+        let a: Vec<f32> = (0..d_r)
+            .map(|j| d_u[j] * (z_b[j] - z_s[j]) * beta[j] * (1.0 - beta[j]))
+            .collect();
         let r = matvec_t(&p.heads.fusion, &a);
-        let d_zb: Vec<f32> = (0..d_r).map(|j| d_u[j] * beta[j] + r[j] + r[2 * d_r + j] * z_s[j]).collect();
-        let d_zs: Vec<f32> = (0..d_r).map(|j| d_u[j] * (1.0 - beta[j]) + r[d_r + j] + r[2 * d_r + j] * z_b[j]).collect();
+        let d_zb: Vec<f32> = (0..d_r)
+            .map(|j| d_u[j] * beta[j] + r[j] + r[2 * d_r + j] * z_s[j])
+            .collect();
+        let d_zs: Vec<f32> = (0..d_r)
+            .map(|j| d_u[j] * (1.0 - beta[j]) + r[d_r + j] + r[2 * d_r + j] * z_b[j])
+            .collect();
         // Back through the projections and the linearized backbone.
         for (v, d_z) in [(0usize, d_zb), (1, d_zs)] {
-            let proj = if v == 0 { &p.heads.proj_behavioral } else { &p.heads.proj_semantic };
+            let proj = if v == 0 {
+                &p.heads.proj_behavioral
+            } else {
+                &p.heads.proj_semantic
+            };
             let d_h = matvec_t(proj, &d_z);
             for (k, dir) in p.views[v].directions.iter().enumerate() {
                 d_scales[v][k] += d_h.iter().zip(&dir[pos]).map(|(a, b)| a * b).sum::<f32>();
@@ -146,8 +209,14 @@ pub fn loss_and_gradient(p: &Problem, phi: &[f32], targets: &[(usize, u32)]) -> 
     let mut grad = vec![0f32; phi.len()];
     for (v, gate) in gates.iter().enumerate() {
         let d_logits: Vec<f32> = gate.backward(&d_scales[v]).iter().map(|d| d / n).collect();
-        let g = p.heads.gate(if v == 0 { View::Behavioral } else { View::Semantic });
-        grad.iter_mut().zip(matvec_t(g, &d_logits)).for_each(|(a, b)| *a += b);
+        let g = p.heads.gate(if v == 0 {
+            View::Behavioral
+        } else {
+            View::Semantic
+        });
+        grad.iter_mut()
+            .zip(matvec_t(g, &d_logits))
+            .for_each(|(a, b)| *a += b);
     }
     let mut total = (loss / n as f64) as f32;
     for (j, g) in grad.iter_mut().enumerate() {
@@ -159,7 +228,13 @@ pub fn loss_and_gradient(p: &Problem, phi: &[f32], targets: &[(usize, u32)]) -> 
 }
 
 /// Plain gradient descent on `phi` from `phi0`.
-pub fn descend(p: &Problem, phi0: &[f32], targets: &[(usize, u32)], steps: usize, lr: f32) -> Vec<f32> {
+pub fn descend(
+    p: &Problem,
+    phi0: &[f32],
+    targets: &[(usize, u32)],
+    steps: usize,
+    lr: f32,
+) -> Vec<f32> {
     let mut phi = phi0.to_vec();
     for _ in 0..steps {
         let (_, grad) = loss_and_gradient(p, &phi, targets);
@@ -178,14 +253,21 @@ mod tests {
     }
 
     fn linear(rng: &mut SplitMix, rows: usize, cols: usize, amp: f32) -> Linear {
-        Linear { weight: random(rng, rows * cols, amp), bias: random(rng, rows, amp), rows, cols }
+        Linear {
+            weight: random(rng, rows * cols, amp),
+            bias: random(rng, rows, amp),
+            rows,
+            cols,
+        }
     }
 
     fn linearization(rng: &mut SplitMix, k: usize, pos: usize, d: usize) -> Linearization {
         Linearization {
             g0: random(rng, k, 0.5).iter().map(|x| x.abs()).collect(),
             at_g0: (0..pos).map(|_| random(rng, d, 1.0)).collect(),
-            directions: (0..k).map(|_| (0..pos).map(|_| random(rng, d, 1.0)).collect()).collect(),
+            directions: (0..k)
+                .map(|_| (0..pos).map(|_| random(rng, d, 1.0)).collect())
+                .collect(),
         }
     }
 
@@ -207,7 +289,10 @@ mod tests {
         let problem = Problem {
             heads: &heads,
             active: [2, 2],
-            views: [linearization(&mut rng, k, pos, d), linearization(&mut rng, k, pos, d)],
+            views: [
+                linearization(&mut rng, k, pos, d),
+                linearization(&mut rng, k, pos, d),
+            ],
             items: &items,
             bias: &bias,
             targets: vec![(0, 3), (1, 5), (2, 0), (3, 8)],
@@ -222,10 +307,19 @@ mod tests {
             plus[j] += eps;
             let mut minus = phi.clone();
             minus[j] -= eps;
-            let numeric = (loss_and_gradient(&problem, &plus, &problem.targets).0 - loss_and_gradient(&problem, &minus, &problem.targets).0) / (2.0 * eps);
-            assert!((numeric - grad[j]).abs() < 2e-3 * (1.0 + numeric.abs()), "d/dphi[{j}]: analytic {} numeric {numeric}", grad[j]);
+            let numeric = (loss_and_gradient(&problem, &plus, &problem.targets).0
+                - loss_and_gradient(&problem, &minus, &problem.targets).0)
+                / (2.0 * eps);
+            assert!(
+                (numeric - grad[j]).abs() < 2e-3 * (1.0 + numeric.abs()),
+                "d/dphi[{j}]: analytic {} numeric {numeric}",
+                grad[j]
+            );
         }
         let after = descend(&problem, &phi, &problem.targets, 30, 0.2);
-        assert!(loss_and_gradient(&problem, &after, &problem.targets).0 < loss_and_gradient(&problem, &phi, &problem.targets).0);
+        assert!(
+            loss_and_gradient(&problem, &after, &problem.targets).0
+                < loss_and_gradient(&problem, &phi, &problem.targets).0
+        );
     }
 }

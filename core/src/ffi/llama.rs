@@ -224,7 +224,7 @@ pub struct ContextParams {
 
 /// Most hidden states one decode call returns. Bounds the logits buffers
 /// llama.cpp reserves (262k floats per output for Gemma 3).
-pub const MAX_OUTPUTS_PER_CALL: usize = 64;
+pub const MAX_OUTPUTS_PER_CALL: usize = 8;
 
 /// The rows of the graph's `result_norm` tensor (the final hidden states after
 /// the output norm, one per output token), captured by the eval callback.
