@@ -36,7 +36,12 @@ fn percentile(times: &mut [Duration], p: f64) -> f64 {
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     kb / 1024.0
 }
 
@@ -44,9 +49,15 @@ fn peak_rss_mb() -> f64 {
 /// on attn_q/attn_v of the top 4 layers and random gates: the shape of a
 /// trained bundle, so personalization has work to do.
 fn bench_bundle(backbone: &Backbone, data: &Dataset, dir: &Path) -> anyhow::Result<PathBuf> {
-    let zero = l2rec::assets::bundles_dir().join(format!("zero-shot-ml-100k-{}", &backbone.info().sha256[..12]));
+    let zero = l2rec::assets::bundles_dir().join(format!(
+        "zero-shot-ml-100k-{}",
+        &backbone.info().sha256[..12]
+    ));
     if Bundle::open(&zero, backbone.info()).is_err() {
-        eprintln!("building the zero-shot bundle first (cached at {})", zero.display());
+        eprintln!(
+            "building the zero-shot bundle first (cached at {})",
+            zero.display()
+        );
         l2rec::zeroshot::build(backbone, &data.catalog, &zero, &mut |_, _| true)?;
     }
     let base = Bundle::open(&zero, backbone.info())?;
@@ -54,14 +65,24 @@ fn bench_bundle(backbone: &Backbone, data: &Dataset, dir: &Path) -> anyhow::Resu
     let n = info.n_layer as u32;
     let mut manifest = base.manifest.clone();
     manifest.name = "bench-random-experts".into();
-    manifest.lora = LoraSpec { rank: 8, alpha: 16.0, layers: (n - 4..n).collect(), modules: vec!["attn_q".into(), "attn_v".into()] };
+    manifest.lora = LoraSpec {
+        rank: 8,
+        alpha: 16.0,
+        layers: (n - 4..n).collect(),
+        modules: vec!["attn_q".into(), "attn_v".into()],
+    };
     manifest.views.behavioral.experts = 4;
     manifest.views.behavioral.k = 2;
     manifest.views.semantic.experts = 4;
     manifest.views.semantic.k = 2;
     let mut rng = SplitMix(9);
     let d_phi = manifest.dims.d_phi;
-    let mut gate = || Linear { weight: (0..4 * d_phi).map(|_| rng.next_signed()).collect(), bias: vec![0.0; 4], rows: 4, cols: d_phi };
+    let mut gate = || Linear {
+        weight: (0..4 * d_phi).map(|_| rng.next_signed()).collect(),
+        bias: vec![0.0; 4],
+        rows: 4,
+        cols: d_phi,
+    };
     let mut heads = base.heads.clone();
     heads.gate_behavioral = gate();
     heads.gate_semantic = gate();
@@ -71,22 +92,43 @@ fn bench_bundle(backbone: &Backbone, data: &Dataset, dir: &Path) -> anyhow::Resu
     writer.write_items(&base.items)?;
     for view in View::BOTH {
         for k in 0..4 {
-            write_random_expert(&writer.expert_path(view, k), info, &manifest.lora, 1000 + k as u64 + 10 * view as u64, 0.02)?;
+            write_random_expert(
+                &writer.expert_path(view, k),
+                info,
+                &manifest.lora,
+                1000 + k as u64 + 10 * view as u64,
+                0.05,
+            )?;
         }
     }
     Ok(writer.finish()?)
 }
 
-fn open_engine(model: &Path, bundle: &Path, store: &Path, durability: Durability, threads: Option<u32>) -> anyhow::Result<Engine> {
+fn open_engine(
+    model: &Path,
+    bundle: &Path,
+    store: &Path,
+    durability: Durability,
+    threads: Option<u32>,
+) -> anyhow::Result<Engine> {
     let mut config = EngineConfig::new(model.to_owned(), bundle.to_owned(), store.to_owned());
     config.durability = durability;
     config.threads = threads;
     config.master_key = Some([42u8; 32]);
-    Ok(Engine::open(config, &mut |_, _| {}, &CancelToken::default())?)
+    Ok(Engine::open(
+        config,
+        &mut |_, _| {},
+        &CancelToken::default(),
+    )?)
 }
 
 fn event(item: &str, t: i64) -> EventInput {
-    EventInput { item_id: item.to_owned(), timestamp_ms: t, kind: "view".into(), item_text: None }
+    EventInput {
+        item_id: item.to_owned(),
+        timestamp_ms: t,
+        kind: "view".into(),
+        item_text: None,
+    }
 }
 
 fn observe_p50(engine: &Engine, user: &str, data: &Dataset, n: usize) -> anyhow::Result<f64> {
@@ -106,13 +148,30 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     let data = Dataset::load_ml100k(&l2rec::assets::ml100k_dir()?)?;
     let tmp = tempfile::tempdir()?;
     let bundle = {
-        let backbone = Backbone::open_verified(info.clone(), BackboneConfig { threads: args.threads, ..Default::default() })?;
+        let backbone = Backbone::open_verified(
+            info.clone(),
+            BackboneConfig {
+                threads: args.threads,
+                ..Default::default()
+            },
+        )?;
         bench_bundle(&backbone, &data, &tmp.path().join("bundle"))?
     };
-    let engine = open_engine(&model, &bundle, &tmp.path().join("store"), Durability::Immediate, args.threads)?;
+    let engine = open_engine(
+        &model,
+        &bundle,
+        &tmp.path().join("store"),
+        Durability::Immediate,
+        args.threads,
+    )?;
 
     // A user with a 20-item ml-100k history.
-    let history = &data.histories.iter().find(|h| h.rows.len() >= 40).context("a user with 40 items")?.rows;
+    let history = &data
+        .histories
+        .iter()
+        .find(|h| h.rows.len() >= 40)
+        .context("a user with 40 items")?
+        .rows;
     for (t, &r) in history[..20].iter().enumerate() {
         engine.observe("bench", &event(&data.catalog.ids[r as usize], t as i64))?;
     }
@@ -132,18 +191,32 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     let appended = started.elapsed().as_secs_f64() * 1e3;
 
     let started = Instant::now();
-    let report = engine.personalize("bench", PersonalizeOptions::default(), &mut |_, _| {}, &CancelToken::default())?;
+    let report = engine.personalize(
+        "bench",
+        PersonalizeOptions::default(),
+        &mut |_, _| {},
+        &CancelToken::default(),
+    )?;
     let personalize = started.elapsed().as_secs_f64() * 1e3;
 
     let observe_immediate = observe_p50(&engine, "observer", &data, args.events)?;
     engine.flush()?;
     let stats = engine.stats()?;
     drop(engine);
-    let batched = open_engine(&model, &bundle, &tmp.path().join("store-batched"), Durability::Batched { flush_every_ms: 200 }, args.threads)?;
+    let batched = open_engine(
+        &model,
+        &bundle,
+        &tmp.path().join("store-batched"),
+        Durability::Batched {
+            flush_every_ms: 200,
+        },
+        args.threads,
+    )?;
     let observe_batched = observe_p50(&batched, "observer", &data, args.events)?;
     drop(batched);
 
-    let catalog_bytes = data.catalog.len() * (64 * 4 + 4) + std::fs::metadata(bundle.join("items.safetensors"))?.len() as usize;
+    let catalog_bytes = data.catalog.len() * (64 * 4 + 4)
+        + std::fs::metadata(bundle.join("items.safetensors"))?.len() as usize;
     let out = json!({
         "recommend_warm_p50_ms": percentile(&mut warm, 0.5),
         "recommend_warm_p95_ms": percentile(&mut warm, 0.95),

@@ -184,6 +184,9 @@ pub struct PersonalizeReport {
     pub held_out_loss_after: f32,
     pub saved: bool,
     pub backbone_passes: usize,
+    /// `|phi_new - phi_old|` and the initial gradient's norm, for diagnosis.
+    pub phi_step: f32,
+    pub gradient_norm: f32,
     pub reason: String,
 }
 
@@ -625,6 +628,8 @@ impl Engine {
         let not_run = |reason: &str| PersonalizeReport {
             train_loss_before: 0.0,
             train_loss_after: 0.0,
+            phi_step: 0.0,
+            gradient_norm: 0.0,
             held_out_loss_before: 0.0,
             held_out_loss_after: 0.0,
             saved: false,
@@ -699,7 +704,11 @@ impl Engine {
             l2: options.l2,
         };
         let (train_before, _) = loss_and_gradient(&problem, &phi0, train);
+        let (_, gradient) = loss_and_gradient(&problem, &phi0, train);
         let phi = descend(&problem, &phi0, train, options.steps, options.learning_rate);
+        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+        let phi_step = norm(&mut phi.iter().zip(&phi0).map(|(a, b)| a - b));
+        let gradient_norm = norm(&mut gradient.iter().copied());
         let (train_after, _) = loss_and_gradient(&problem, &phi, train);
         // The held-back loss is measured for real, not through the linear model.
         let held_before = self.real_loss(&mut model, &phi0, &history, held_out, &mut step)?;
@@ -713,6 +722,8 @@ impl Engine {
         Ok(PersonalizeReport {
             train_loss_before: train_before,
             train_loss_after: train_after,
+            phi_step,
+            gradient_norm,
             held_out_loss_before: held_before,
             held_out_loss_after: held_after,
             saved,

@@ -23,7 +23,12 @@ fn open(key: Option<[u8; 32]>) -> Fixture {
 }
 
 fn event(item: &str, t: i64) -> EventInput {
-    EventInput { item_id: item.into(), timestamp_ms: t, kind: "view".into(), item_text: None }
+    EventInput {
+        item_id: item.into(),
+        timestamp_ms: t,
+        kind: "view".into(),
+        item_text: None,
+    }
 }
 
 fn ids(recs: &[Recommendation]) -> Vec<&str> {
@@ -44,26 +49,60 @@ fn the_whole_flow() {
     }
     let recs = e.recommend("ann", 10, RecommendOptions::default()).unwrap();
     assert_eq!(recs.len(), 10);
-    assert!(ids(&recs).iter().all(|id| !history.contains(id)), "history excluded: {:?}", ids(&recs));
-    assert_eq!(e.recommend("ann", 10, RecommendOptions::default()).unwrap(), recs, "same state, same answer");
-    let with_history = e.recommend("ann", 40, RecommendOptions { include_history: true }).unwrap();
+    assert!(
+        ids(&recs).iter().all(|id| !history.contains(id)),
+        "history excluded: {:?}",
+        ids(&recs)
+    );
+    assert_eq!(
+        e.recommend("ann", 10, RecommendOptions::default()).unwrap(),
+        recs,
+        "same state, same answer"
+    );
+    let with_history = e
+        .recommend(
+            "ann",
+            40,
+            RecommendOptions {
+                include_history: true,
+            },
+        )
+        .unwrap();
     assert!(ids(&with_history).contains(&"3"));
 
     let why = e.explain("ann").unwrap();
     assert_eq!(why.reasons.len(), 10);
     let weights: f32 = why.view_weight.values().sum();
     assert!((weights - 1.0).abs() < 1e-5);
-    assert!(why.reasons.iter().all(|(_, pulls)| pulls.iter().all(|p| history.contains(&p.as_str()))));
+    assert!(why
+        .reasons
+        .iter()
+        .all(|(_, pulls)| pulls.iter().all(|p| history.contains(&p.as_str()))));
 
     // Another user's events make "9" popular for newcomers.
     for t in 0..3 {
         e.observe("bob", &event("9", t)).unwrap();
     }
-    assert_eq!(e.recommend("newcomer", 1, RecommendOptions::default()).unwrap()[0].item_id, "9");
+    assert_eq!(
+        e.recommend("newcomer", 1, RecommendOptions::default())
+            .unwrap()[0]
+            .item_id,
+        "9"
+    );
 
-    let report = e.personalize("ann", PersonalizeOptions::default(), &mut |_, _| {}, &CancelToken::default()).unwrap();
+    let report = e
+        .personalize(
+            "ann",
+            PersonalizeOptions::default(),
+            &mut |_, _| {},
+            &CancelToken::default(),
+        )
+        .unwrap();
     eprintln!("personalize: {report:?}");
-    assert!(report.train_loss_after <= report.train_loss_before, "{report:?}");
+    assert!(
+        report.train_loss_after <= report.train_loss_before,
+        "{report:?}"
+    );
     assert_eq!(report.backbone_passes, 2 * (2 + 2) + 4);
 
     let exported = e.export_user("ann").unwrap().to_string();
@@ -92,9 +131,28 @@ fn unknown_items_need_text_and_then_serve_as_cold_items() {
     for (t, item) in ["1", "2", "3"].iter().enumerate() {
         e.observe("u", &event(item, 2 + t as i64)).unwrap();
     }
-    let all = e.recommend("u", 40, RecommendOptions { include_history: true }).unwrap();
-    assert!(ids(&all).contains(&"brand-new"), "the cold item is in the catalog");
-    e.upsert_items(&[ItemInput { id: "other-new".into(), text: "Another One (2026)".into() }], &mut |_, _| {}, &CancelToken::default()).unwrap();
+    let all = e
+        .recommend(
+            "u",
+            40,
+            RecommendOptions {
+                include_history: true,
+            },
+        )
+        .unwrap();
+    assert!(
+        ids(&all).contains(&"brand-new"),
+        "the cold item is in the catalog"
+    );
+    e.upsert_items(
+        &[ItemInput {
+            id: "other-new".into(),
+            text: "Another One (2026)".into(),
+        }],
+        &mut |_, _| {},
+        &CancelToken::default(),
+    )
+    .unwrap();
     assert_eq!(e.stats().unwrap().cold_items, 2);
 }
 
@@ -102,17 +160,34 @@ fn unknown_items_need_text_and_then_serve_as_cold_items() {
 fn bad_arguments_get_typed_errors() {
     let f = open(None);
     let e = &f.engine;
-    let invalid = |r: Result<Vec<Recommendation>, EngineError>| matches!(r, Err(EngineError::Invalid(_)));
+    let invalid =
+        |r: Result<Vec<Recommendation>, EngineError>| matches!(r, Err(EngineError::Invalid(_)));
     assert!(invalid(e.recommend("u", 0, RecommendOptions::default())));
     assert!(invalid(e.recommend("u", 1001, RecommendOptions::default())));
-    assert!(invalid(e.recommend(&"x".repeat(300), 5, RecommendOptions::default())));
+    assert!(invalid(e.recommend(
+        &"x".repeat(300),
+        5,
+        RecommendOptions::default()
+    )));
     assert!(invalid(e.recommend("", 5, RecommendOptions::default())));
-    let huge = ItemInput { id: "big".into(), text: "t".repeat(10_000) };
-    assert!(matches!(e.upsert_items(&[huge], &mut |_, _| {}, &CancelToken::default()), Err(EngineError::Invalid(_))));
+    let huge = ItemInput {
+        id: "big".into(),
+        text: "t".repeat(10_000),
+    };
+    assert!(matches!(
+        e.upsert_items(&[huge], &mut |_, _| {}, &CancelToken::default()),
+        Err(EngineError::Invalid(_))
+    ));
     let cancelled = CancelToken::default();
     cancelled.cancel();
-    let items = [ItemInput { id: "c1".into(), text: "Cancelled (2026)".into() }];
-    assert!(matches!(e.upsert_items(&items, &mut |_, _| {}, &cancelled), Err(EngineError::Cancelled)));
+    let items = [ItemInput {
+        id: "c1".into(),
+        text: "Cancelled (2026)".into(),
+    }];
+    assert!(matches!(
+        e.upsert_items(&items, &mut |_, _| {}, &cancelled),
+        Err(EngineError::Cancelled)
+    ));
 }
 
 #[test]
@@ -120,9 +195,18 @@ fn a_huge_history_keeps_only_the_last_max_items() {
     let f = open(None);
     let e = &f.engine;
     for t in 0..500 {
-        e.observe("heavy", &event(&((t % 40) + 1).to_string(), t)).unwrap();
+        e.observe("heavy", &event(&((t % 40) + 1).to_string(), t))
+            .unwrap();
     }
-    let recs = e.recommend("heavy", 5, RecommendOptions { include_history: true }).unwrap();
+    let recs = e
+        .recommend(
+            "heavy",
+            5,
+            RecommendOptions {
+                include_history: true,
+            },
+        )
+        .unwrap();
     assert_eq!(recs.len(), 5);
 }
 

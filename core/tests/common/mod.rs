@@ -121,12 +121,12 @@ pub fn write_small_bundle_with(dir: &Path, k: usize) -> PathBuf {
         views: Views {
             behavioral: ViewSpec {
                 experts: 2,
-                k: 1,
+                k,
                 template: behavioral,
             },
             semantic: ViewSpec {
                 experts: 2,
-                k: 1,
+                k,
                 template: semantic,
             },
         },
