@@ -1,0 +1,208 @@
+//! Schema version, store creation, migration, and the master-key check.
+//!
+//! Versions:
+//! - 0: pre-release layout: no `mode` record in `meta`, plaintext only.
+//! - 1: `meta` records the mode (`plaintext` / `encrypted`) and, when
+//!   encrypted, a key-check record; per-user keys live in `keyring.json`.
+//!
+//! A store newer than [`SCHEMA_VERSION`] is refused (an older build must not
+//! write a layout it does not understand). An older one is migrated one step
+//! at a time; each step stamps its version and flushes, so a migration cut
+//! short resumes where it stopped.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::crypto::MasterKeys;
+use super::db::{Trees, ALL_TREES};
+use super::keyring::Keyring;
+use super::layout::{
+    META, META_KEY_CHECK, META_MODE, META_SCHEMA_VERSION, MODE_ENCRYPTED, MODE_PLAINTEXT,
+};
+use super::{Protection, StoreError};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One migration step, applied to an open database.
+type Migration = fn(&Path, &Trees) -> Result<(), StoreError>;
+
+/// Migration steps: `MIGRATIONS[v]` turns a version-`v` store into `v + 1`.
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1];
+
+/// Version 0 stores were plaintext and had no mode record.
+fn v0_to_v1(root: &Path, trees: &Trees) -> Result<(), StoreError> {
+    let meta = &trees.meta;
+    let has_mode = meta
+        .contains_key(META_MODE)
+        .map_err(|e| StoreError::db(root, "reading the store mode", e))?;
+    if !has_mode {
+        meta.insert(META_MODE, MODE_PLAINTEXT)
+            .map_err(|e| StoreError::db(root, "migrating to schema 1", e))?;
+    }
+    Ok(())
+}
+
+/// Brings the store to the current schema (creating it if empty) and checks
+/// the master key; returns how per-user data is protected.
+pub(crate) fn prepare(
+    root: &Path,
+    trees: &Trees,
+    master: Option<MasterKeys>,
+) -> Result<Protection, StoreError> {
+    match read_version(root, trees)? {
+        None => {
+            if !is_empty(root, trees)? {
+                return Err(StoreError::corrupt(
+                    root,
+                    "the database holds data but no schema version record",
+                ));
+            }
+            return create(root, trees, master);
+        }
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(StoreError::SchemaTooNew {
+                path: root.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            })
+        }
+        Some(found) if found < SCHEMA_VERSION => migrate(root, trees, found)?,
+        Some(_) => {}
+    }
+    protection(root, trees, master)
+}
+
+/// The schema version, `None` for a database that was never initialized.
+pub(crate) fn read_version(root: &Path, trees: &Trees) -> Result<Option<u32>, StoreError> {
+    let value = trees
+        .meta
+        .get(META_SCHEMA_VERSION)
+        .map_err(|e| StoreError::db(root, "reading the schema version", e))?;
+    let Some(value) = value else { return Ok(None) };
+    let bytes: [u8; 4] = value
+        .as_ref()
+        .try_into()
+        .map_err(|_| StoreError::corrupt(root, "the schema version record is malformed"))?;
+    Ok(Some(u32::from_be_bytes(bytes)))
+}
+
+fn is_empty(root: &Path, trees: &Trees) -> Result<bool, StoreError> {
+    for name in ALL_TREES {
+        // Meta records without a version can only come from a creation cut
+        // short (they are written in one batch with it): only the other
+        // trees tell a real store that lost its version record.
+        if name == META {
+            continue;
+        }
+        let first = trees
+            .tree(name)
+            .first()
+            .map_err(|e| StoreError::db(root, "inspecting the database", e))?;
+        if first.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Initializes a new store. The keyring file is written before the meta
+/// records, and the meta records in one batch, so a kill at any point leaves
+/// either a store that opens, or an uninitialized one that is created again.
+fn create(
+    root: &Path,
+    trees: &Trees,
+    master: Option<MasterKeys>,
+) -> Result<Protection, StoreError> {
+    let mut batch = sled::Batch::default();
+    batch.insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes());
+    let protection = match master {
+        None => {
+            batch.insert(META_MODE, MODE_PLAINTEXT);
+            Protection::Plaintext
+        }
+        Some(master) => {
+            let keyring = fresh_keyring(root)?;
+            batch.insert(META_MODE, MODE_ENCRYPTED);
+            batch.insert(META_KEY_CHECK, master.key_check());
+            Protection::Encrypted {
+                master,
+                keyring: Mutex::new(keyring),
+            }
+        }
+    };
+    trees
+        .meta
+        .apply_batch(batch)
+        .map_err(|e| StoreError::db(root, "initializing the store", e))?;
+    trees.sync(root, "initializing the store")?;
+    Ok(protection)
+}
+
+/// An empty keyring for a new encrypted store. A leftover keyring that holds
+/// keys is never overwritten: it would mean a real store lost its database.
+fn fresh_keyring(root: &Path) -> Result<Keyring, StoreError> {
+    if let Some(existing) = Keyring::load(root)? {
+        if !existing.is_empty() {
+            return Err(StoreError::corrupt(
+                root,
+                "the database is empty but the keyring file holds user keys",
+            ));
+        }
+    }
+    Keyring::create(root)
+}
+
+fn migrate(root: &Path, trees: &Trees, from: u32) -> Result<(), StoreError> {
+    for version in from..SCHEMA_VERSION {
+        tracing::info!(path = %root.display(), from = version, to = version + 1, "migrating the store schema");
+        MIGRATIONS[version as usize](root, trees)?;
+        trees
+            .meta
+            .insert(META_SCHEMA_VERSION, &(version + 1).to_be_bytes())
+            .map_err(|e| StoreError::db(root, "stamping the schema version", e))?;
+        trees.sync(root, "stamping the schema version")?;
+    }
+    Ok(())
+}
+
+/// Matches the store's mode with the key given, verifying the key.
+fn protection(
+    root: &Path,
+    trees: &Trees,
+    master: Option<MasterKeys>,
+) -> Result<Protection, StoreError> {
+    let path = || root.to_path_buf();
+    let meta = |key: &[u8]| {
+        trees
+            .meta
+            .get(key)
+            .map_err(|e| StoreError::db(root, "reading the store metadata", e))
+    };
+    let mode = meta(META_MODE)?
+        .ok_or_else(|| StoreError::corrupt(root, "the store mode record is missing"))?;
+    match (mode.as_ref(), master) {
+        (MODE_PLAINTEXT, None) => Ok(Protection::Plaintext),
+        (MODE_PLAINTEXT, Some(_)) => Err(StoreError::NotEncrypted { path: path() }),
+        (MODE_ENCRYPTED, None) => Err(StoreError::KeyRequired { path: path() }),
+        (MODE_ENCRYPTED, Some(master)) => {
+            let check = meta(META_KEY_CHECK)?
+                .ok_or_else(|| StoreError::corrupt(root, "the key-check record is missing"))?;
+            if !master.verify_key_check(&check) {
+                return Err(StoreError::WrongKey { path: path() });
+            }
+            let keyring = Keyring::load(root)?.ok_or_else(|| StoreError::KeyringMissing {
+                path: path(),
+                keyring: Keyring::path(root),
+            })?;
+            Ok(Protection::Encrypted {
+                master,
+                keyring: Mutex::new(keyring),
+            })
+        }
+        (other, _) => Err(StoreError::corrupt(
+            root,
+            format!("unknown store mode {:?}", String::from_utf8_lossy(other)),
+        )),
+    }
+}

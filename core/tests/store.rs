@@ -1,0 +1,610 @@
+//! The store on real sled files: round trips, retention, encryption at rest,
+//! crypto-shredding on forget, key errors, tamper detection, schema versions,
+//! compaction and concurrent appends.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use l2rec::store::{
+    Durability, Event, Store, StoreConfig, StoreError, StoredItem, UserRecord, ViewStateKey,
+    DATABASE_DIR, KEYRING_FILE, SCHEMA_VERSION,
+};
+
+const KEY: [u8; 32] = [0x5a; 32];
+
+fn config(dir: &Path, key: Option<[u8; 32]>) -> StoreConfig {
+    StoreConfig {
+        path: dir.to_path_buf(),
+        master_key: key,
+        durability: Durability::Immediate,
+        max_events_per_user: 1000,
+    }
+}
+
+fn event(item_id: &str, ts: i64) -> Event {
+    Event {
+        item_id: item_id.to_owned(),
+        timestamp_ms: ts,
+        kind: "click".to_owned(),
+    }
+}
+
+fn view_key(history: &str) -> ViewStateKey {
+    ViewStateKey {
+        view: "behavioral".into(),
+        history_hash: history.into(),
+        bundle_id: "bundle-1".into(),
+    }
+}
+
+/// phi values whose little-endian bytes are distinctive enough to grep for.
+fn distinctive_phi(seed: f32) -> Vec<f32> {
+    (0..16).map(|i| seed + i as f32 * 0.001_953_125).collect()
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Fills a user with a record, events (item ids `<user>-secret-item-<n>`) and a view state.
+fn fill_user(store: &Store, user: &str, phi_seed: f32) -> Vec<String> {
+    store
+        .put_user(
+            user,
+            &UserRecord {
+                phi: distinctive_phi(phi_seed),
+                version: 3,
+            },
+        )
+        .unwrap();
+    let ids: Vec<String> = (0..20).map(|n| format!("{user}-secret-item-{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        store.append_event(user, &event(id, n as i64)).unwrap();
+    }
+    store
+        .put_view_state(user, &view_key("h1"), &distinctive_phi(phi_seed + 1.0))
+        .unwrap();
+    ids
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The wrapped data keys (hex) in the keyring file of the store at `dir`.
+fn wrapped_keys(dir: &Path) -> std::collections::BTreeSet<String> {
+    let keyring: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join(KEYRING_FILE)).unwrap()).unwrap();
+    let keys = keyring["keys"].as_object().unwrap();
+    keys.values()
+        .map(|k| k["wrapped"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every file under `dir` whose raw bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            hits.extend(files_containing(&path, needle));
+        } else if fs::read(&path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            hits.push(path.display().to_string());
+        }
+    }
+    hits
+}
+
+#[test]
+fn plaintext_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    assert!(!store.is_encrypted());
+
+    let items = vec![
+        StoredItem {
+            id: "b".into(),
+            text: "Item B".into(),
+            row: 1,
+        },
+        StoredItem {
+            id: "a".into(),
+            text: "Item A".into(),
+            row: 0,
+        },
+    ];
+    store.upsert_items(&items).unwrap();
+    store.put_text_state("a", "sha-1", &[1.0, 2.0]).unwrap();
+    assert_eq!(
+        store.text_state("a", "sha-1").unwrap(),
+        Some(vec![1.0, 2.0])
+    );
+    assert_eq!(store.text_state("a", "sha-2").unwrap(), None);
+
+    let ids = fill_user(&store, "alice", 0.5);
+    assert_eq!(store.users().unwrap(), vec!["alice".to_string()]);
+    drop(store);
+
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    let listed = store.items().unwrap();
+    assert_eq!(listed.iter().map(|i| i.row).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(store.item("b").unwrap().unwrap().text, "Item B");
+    assert_eq!(store.item("zzz").unwrap(), None);
+    let record = store.user("alice").unwrap().unwrap();
+    assert_eq!(
+        record,
+        UserRecord {
+            phi: distinctive_phi(0.5),
+            version: 3
+        }
+    );
+    let events = store.events("alice").unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.item_id.clone()).collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(
+        store.view_state("alice", &view_key("h1")).unwrap(),
+        Some(distinctive_phi(1.5))
+    );
+    assert_eq!(store.view_state("alice", &view_key("h2")).unwrap(), None);
+    assert_eq!(store.user("nobody").unwrap(), None);
+    assert!(store.events("nobody").unwrap().is_empty());
+
+    let export = store.export_user("alice").unwrap();
+    assert_eq!(export["events"].as_array().unwrap().len(), 20);
+    assert_eq!(export["events"][3]["seq"], 3);
+    assert_eq!(export["record"]["version"], 3);
+    assert_eq!(export["view_states"][0]["history_hash"], "h1");
+    assert_eq!(export["encrypted_at_rest"], false);
+}
+
+#[test]
+fn empty_user_ids_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    let err = store.append_event("", &event("x", 0)).unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
+}
+
+#[test]
+fn retention_keeps_the_newest_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Some(KEY));
+    cfg.max_events_per_user = 5;
+    let store = Store::open(cfg.clone()).unwrap();
+    for n in 0..12 {
+        assert_eq!(
+            store
+                .append_event("u", &event(&format!("i{n}"), n))
+                .unwrap(),
+            n as u64
+        );
+    }
+    let kept: Vec<_> = store
+        .events("u")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.timestamp_ms)
+        .collect();
+    assert_eq!(kept, vec![7, 8, 9, 10, 11]);
+    drop(store);
+
+    // A smaller bound takes effect on the next append.
+    cfg.max_events_per_user = 2;
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(store.append_event("u", &event("i12", 12)).unwrap(), 12);
+    let kept: Vec<_> = store
+        .events("u")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.timestamp_ms)
+        .collect();
+    assert_eq!(kept, vec![11, 12]);
+}
+
+#[test]
+fn encrypted_round_trip_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
+    assert!(store.is_encrypted());
+    let ids = fill_user(&store, "alice", 0.25);
+    fill_user(&store, "bob", 0.75);
+    drop(store);
+
+    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
+    assert_eq!(
+        store.users().unwrap(),
+        vec!["alice".to_string(), "bob".to_string()]
+    );
+    let events = store.events("alice").unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.item_id.clone()).collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(
+        store.user("bob").unwrap().unwrap().phi,
+        distinctive_phi(0.75)
+    );
+    let export = store.export_user("alice").unwrap();
+    assert_eq!(export["encrypted_at_rest"], true);
+    assert_eq!(export["events"][0]["item_id"], "alice-secret-item-0");
+
+    // Nothing personal is in the files in the clear, not even user ids.
+    for needle in [
+        b"alice-secret-item-7".as_slice(),
+        b"alice",
+        &f32_bytes(&distinctive_phi(0.25)),
+    ] {
+        assert!(files_containing(dir.path(), needle).is_empty());
+    }
+}
+
+#[test]
+fn forget_user_shreds_an_encrypted_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
+    let alice_ids = fill_user(&store, "alice", 0.25);
+    fill_user(&store, "bob", 0.75);
+    let wrapped_before = wrapped_keys(dir.path());
+    store.forget_user("alice").unwrap();
+    let wrapped_after = wrapped_keys(dir.path());
+    let shredded: Vec<_> = wrapped_before.difference(&wrapped_after).cloned().collect();
+    assert_eq!((wrapped_before.len(), shredded.len()), (2, 1));
+    assert_eq!(store.user("alice").unwrap(), None);
+    assert!(store.events("alice").unwrap().is_empty());
+    assert_eq!(store.users().unwrap(), vec!["bob".to_string()]);
+
+    // A copy of the files taken after forget, opened with the master key.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    drop(store);
+    let reopened = Store::open(config(copy.path(), Some(KEY))).unwrap();
+    assert_eq!(reopened.users().unwrap(), vec!["bob".to_string()]);
+    assert_eq!(reopened.user("alice").unwrap(), None);
+    assert!(reopened.events("alice").unwrap().is_empty());
+    assert_eq!(reopened.view_state("alice", &view_key("h1")).unwrap(), None);
+    assert_eq!(reopened.events("bob").unwrap().len(), 20);
+    let export = reopened.export_user("alice").unwrap();
+    assert!(export["record"].is_null() && export["events"].as_array().unwrap().is_empty());
+    drop(reopened);
+
+    // And the raw bytes: no plaintext of alice anywhere.
+    let mut needles: Vec<Vec<u8>> = alice_ids.iter().map(|id| id.clone().into_bytes()).collect();
+    needles.push(f32_bytes(&distinctive_phi(0.25)));
+    needles.push(f32_bytes(&distinctive_phi(1.25)));
+    // Nor alice's wrapped data key, in hex or raw.
+    needles.push(shredded[0].clone().into_bytes());
+    needles.push(hex::decode(&shredded[0]).unwrap());
+    for needle in &needles {
+        let hits = files_containing(copy.path(), needle);
+        assert!(
+            hits.is_empty(),
+            "{:?} found in {hits:?}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}
+
+#[test]
+fn forget_user_in_a_plaintext_store_deletes_and_compaction_drops_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    let alice_ids = fill_user(&store, "alice", 0.25);
+    let bob_ids = fill_user(&store, "bob", 0.75);
+    // Positive control: the grep does see plaintext.
+    assert!(!files_containing(dir.path(), bob_ids[5].as_bytes()).is_empty());
+
+    store.forget_user("alice").unwrap();
+    assert_eq!(store.users().unwrap(), vec!["bob".to_string()]);
+    assert_eq!(store.user("alice").unwrap(), None);
+    // sled may keep the deleted bytes in its log until the segment is
+    // rewritten; `compact` rewrites the database with live data only.
+    let lingering = files_containing(dir.path(), alice_ids[5].as_bytes());
+    eprintln!("plaintext forget: before compaction, alice's bytes linger in {lingering:?}");
+    let report = store.compact().unwrap();
+    assert!(report.bytes_after > 0);
+    for id in &alice_ids {
+        assert!(
+            files_containing(dir.path(), id.as_bytes()).is_empty(),
+            "{id} lingers"
+        );
+    }
+    assert!(files_containing(dir.path(), &f32_bytes(&distinctive_phi(0.25))).is_empty());
+    assert_eq!(store.events("bob").unwrap().len(), 20);
+}
+
+#[test]
+fn key_errors_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(config(dir.path(), Some(KEY))).unwrap());
+    let wrong = Store::open(config(dir.path(), Some([1; 32])))
+        .err()
+        .unwrap();
+    assert!(matches!(wrong, StoreError::WrongKey { .. }), "{wrong}");
+    let missing = Store::open(config(dir.path(), None)).err().unwrap();
+    assert!(
+        matches!(missing, StoreError::KeyRequired { .. }),
+        "{missing}"
+    );
+
+    let plain = tempfile::tempdir().unwrap();
+    drop(Store::open(config(plain.path(), None)).unwrap());
+    let unexpected = Store::open(config(plain.path(), Some(KEY))).err().unwrap();
+    assert!(
+        matches!(unexpected, StoreError::NotEncrypted { .. }),
+        "{unexpected}"
+    );
+
+    fs::remove_file(dir.path().join(KEYRING_FILE)).unwrap();
+    let no_keyring = Store::open(config(dir.path(), Some(KEY))).err().unwrap();
+    assert!(
+        matches!(no_keyring, StoreError::KeyringMissing { .. }),
+        "{no_keyring}"
+    );
+}
+
+#[test]
+fn a_second_open_is_refused_while_the_first_holds_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = Store::open(config(dir.path(), None)).unwrap();
+    let err = Store::open(config(dir.path(), None)).err().unwrap();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+}
+
+/// Opens the sled database of the closed store at `dir` directly. Retries
+/// while the store's background threads still hold the lock for a moment.
+fn raw_db(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::open(dir.join(DATABASE_DIR)) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("opening the raw database: {e}"),
+        }
+    }
+}
+
+/// Rewrites raw sled values of the closed store at `dir`.
+fn with_raw_tree(dir: &Path, tree: &str, edit: impl FnOnce(&sled::Tree)) {
+    let db = raw_db(dir);
+    edit(&db.open_tree(tree).unwrap());
+    db.flush().unwrap();
+}
+
+#[test]
+fn tampered_or_swapped_ciphertext_is_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
+    fill_user(&store, "alice", 0.25);
+    fill_user(&store, "bob", 0.75);
+    drop(store);
+
+    // Flip one ciphertext bit of one event.
+    with_raw_tree(dir.path(), "events", |events| {
+        let (key, value) = events.iter().next().unwrap().unwrap();
+        let mut bytes = value.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        events.insert(key, bytes).unwrap();
+    });
+    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
+    let results = [store.events("alice").err(), store.events("bob").err()];
+    let err = results
+        .into_iter()
+        .flatten()
+        .next()
+        .expect("one user's events fail");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    drop(store);
+
+    // Move one user's record into the other's slot (same master key).
+    with_raw_tree(dir.path(), "user_records", |records| {
+        let all: Vec<_> = records.iter().map(|r| r.unwrap()).collect();
+        assert_eq!(all.len(), 2);
+        records.insert(all[1].0.clone(), all[0].1.clone()).unwrap();
+    });
+    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
+    let results = [store.user("alice").err(), store.user("bob").err()];
+    let err = results
+        .into_iter()
+        .flatten()
+        .next()
+        .expect("the swapped record fails");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_an_older_one_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    fill_user(&store, "alice", 0.25);
+    drop(store);
+
+    with_raw_tree(dir.path(), "meta", |meta| {
+        meta.insert("schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
+            .unwrap();
+    });
+    let err = Store::open(config(dir.path(), None)).err().unwrap();
+    match &err {
+        StoreError::SchemaTooNew {
+            found, supported, ..
+        } => {
+            assert_eq!((*found, *supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+        }
+        other => panic!("expected SchemaTooNew, got {other}"),
+    }
+    assert!(err.to_string().contains("newer than version"), "{err}");
+
+    // Version 0: the pre-release layout without a mode record.
+    with_raw_tree(dir.path(), "meta", |meta| {
+        meta.insert("schema_version", &0u32.to_be_bytes()).unwrap();
+        meta.remove("mode").unwrap();
+    });
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    assert!(!store.is_encrypted());
+    assert_eq!(store.events("alice").unwrap().len(), 20);
+    drop(store);
+    with_raw_tree(dir.path(), "meta", |meta| {
+        let version = meta.get("schema_version").unwrap().unwrap();
+        assert_eq!(version.as_ref(), SCHEMA_VERSION.to_be_bytes());
+        assert_eq!(meta.get("mode").unwrap().unwrap().as_ref(), b"plaintext");
+    });
+}
+
+#[test]
+fn compaction_keeps_live_data_and_reclaims_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Some(KEY));
+    cfg.durability = Durability::Batched { flush_every_ms: 50 };
+    cfg.max_events_per_user = 50;
+    let store = Store::open(cfg).unwrap();
+    let state = vec![0.5f32; 640];
+    // The ml-100k catalog's text-state cache: 1682 items x 640 floats.
+    for item in 0..1682 {
+        store
+            .put_text_state(&format!("{item}"), "backbone-sha", &state)
+            .unwrap();
+    }
+    // Churn: the engine rewrites a view state on every event.
+    for round in 0..3000 {
+        store
+            .append_event("u", &event(&format!("i{round}"), round))
+            .unwrap();
+        store.put_view_state("u", &view_key("h"), &state).unwrap();
+    }
+    store.flush().unwrap();
+    let before = store.size_on_disk().unwrap();
+    let live = store.live_bytes().unwrap();
+    let report = store.compact().unwrap();
+    let after = store.size_on_disk().unwrap();
+    eprintln!("compaction: live {live} B, on disk {before} B -> {after} B ({report:?})");
+    assert!(after < before, "{after} >= {before}");
+    assert_eq!(store.events("u").unwrap().len(), 50);
+    assert_eq!(store.view_state("u", &view_key("h")).unwrap(), Some(state));
+    assert_eq!(store.live_bytes().unwrap(), live);
+}
+
+#[test]
+fn concurrent_appends_get_unique_contiguous_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(config(dir.path(), Some(KEY))).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let mut seqs = Vec::new();
+                for n in 0..25 {
+                    seqs.push(
+                        store
+                            .append_event("shared", &event(&format!("t{t}-{n}"), n))
+                            .unwrap(),
+                    );
+                    store
+                        .append_event(&format!("own-{t}"), &event("x", n))
+                        .unwrap();
+                    if n % 10 == 0 {
+                        store.forget_user(&format!("own-{t}")).unwrap();
+                    }
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+    assert_eq!(store.events("shared").unwrap().len(), 200);
+    assert_eq!(store.users().unwrap().len(), 9);
+}
+
+/// Not a benchmark (the engine bench reports observe latency), but a record of
+/// what each durability mode costs on this machine, printed with --nocapture.
+#[test]
+fn append_latency_per_durability_mode() {
+    for durability in [
+        Durability::Immediate,
+        Durability::Batched {
+            flush_every_ms: 100,
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), Some(KEY));
+        cfg.durability = durability.clone();
+        let store = Store::open(cfg).unwrap();
+        let mut micros: Vec<u128> = (0..300)
+            .map(|n| {
+                let started = std::time::Instant::now();
+                store.append_event("u", &event("item", n)).unwrap();
+                started.elapsed().as_micros()
+            })
+            .collect();
+        micros.sort_unstable();
+        let (p50, p95) = (micros[150], micros[285]);
+        eprintln!("append_event {durability:?}: p50 {p50} us, p95 {p95} us");
+        assert_eq!(store.events("u").unwrap().len(), 300);
+    }
+}
+
+#[test]
+fn open_sweeps_what_a_forget_cut_short_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
+    fill_user(&store, "alice", 0.25);
+    fill_user(&store, "bob", 0.75);
+    drop(store);
+    let count = |tree: &str| raw_db(dir.path()).open_tree(tree).unwrap().len();
+    assert_eq!(count("events"), 40);
+
+    // A forget killed right after shredding: one key gone from the keyring,
+    // every record still in sled.
+    let path = dir.path().join(KEYRING_FILE);
+    let mut keyring: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let keys = keyring["keys"].as_object_mut().unwrap();
+    let first = keys.keys().next().unwrap().clone();
+    keys.remove(&first);
+    fs::write(&path, serde_json::to_vec(&keyring).unwrap()).unwrap();
+
+    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
+    assert_eq!(store.users().unwrap().len(), 1);
+    drop(store);
+    for tree in ["users", "user_records", "events", "view_states"] {
+        let expected = if tree == "events" { 20 } else { 1 };
+        assert_eq!(count(tree), expected, "{tree}");
+    }
+}
+
+#[test]
+fn open_recovers_an_interrupted_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    fill_user(&store, "alice", 0.25);
+    drop(store);
+    // Killed between the two renames of the swap: only `sled.old` exists,
+    // beside a half-built copy.
+    fs::rename(dir.path().join(DATABASE_DIR), dir.path().join("sled.old")).unwrap();
+    fs::create_dir(dir.path().join("sled.compact")).unwrap();
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    assert_eq!(store.events("alice").unwrap().len(), 20);
+    assert!(!dir.path().join("sled.old").exists());
+    assert!(!dir.path().join("sled.compact").exists());
+}
