@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::backbone::{Backbone, BackboneConfig, ModelInfo};
 use crate::bundle::Bundle;
 use crate::model::{ColdItem, L2Rec, ModelError};
-use crate::personalize::{descend, loss_and_gradient, Linearization, Problem};
+use crate::personalize::{cross_entropy, descend, loss_and_gradient, Linearization, Problem};
 use crate::prompt::View;
 use crate::store::{Durability, Event, Store, StoreConfig, StoreError, StoredItem, UserRecord};
 
@@ -711,8 +711,16 @@ impl Engine {
         let gradient_norm = norm(&mut gradient.iter().copied());
         let (train_after, _) = loss_and_gradient(&problem, &phi, train);
         // The held-back loss is measured for real, not through the linear model.
-        let held_before = self.real_loss(&mut model, &phi0, &history, held_out, &mut step)?;
-        let held_after = self.real_loss(&mut model, &phi, &history, held_out, &mut step)?;
+        let mut measure = |model: &mut L2Rec, phi: &[f32]| -> Result<f32, EngineError> {
+            let scales = View::BOTH.map(|v| model.scales(v, phi));
+            let states = [
+                step(model, View::Behavioral, &scales[0])?,
+                step(model, View::Semantic, &scales[1])?,
+            ];
+            Ok(Self::measured_loss(model, &states, held_out))
+        };
+        let held_before = measure(&mut model, &phi0)?;
+        let held_after = measure(&mut model, &phi)?;
         progress(total_passes, total_passes);
         let saved = held_after < held_before;
         if saved {
@@ -736,39 +744,17 @@ impl Engine {
         })
     }
 
-    fn real_loss(
-        &self,
-        model: &mut L2Rec,
-        phi: &[f32],
-        _history: &[u32],
-        targets: &[(usize, u32)],
-        step: &mut dyn FnMut(&mut L2Rec, View, &[f32]) -> Result<Vec<Vec<f32>>, EngineError>,
-    ) -> Result<f32, EngineError> {
-        let scales_b = model.scales(View::Behavioral, phi);
-        let scales_s = model.scales(View::Semantic, phi);
-        let h_b = step(model, View::Behavioral, &scales_b)?;
-        let h_s = step(model, View::Semantic, &scales_s)?;
+    /// The mean next-item loss over `targets` from measured view states.
+    fn measured_loss(model: &L2Rec, states: &[Vec<Vec<f32>>; 2], targets: &[(usize, u32)]) -> f32 {
         let (vectors, bias) = model.item_vectors();
-        let d_r = model.bundle().manifest.dims.d_r;
-        let mut loss = 0f64;
-        for &(pos, target) in targets {
-            let u = model.heads(&h_b[pos], &h_s[pos]).u;
-            let scores: Vec<f32> = bias
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    b + vectors[i * d_r..(i + 1) * d_r]
-                        .iter()
-                        .zip(&u)
-                        .map(|(e, u)| e * u)
-                        .sum::<f32>()
-                })
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = scores.iter().map(|&s| ((s - max) as f64).exp()).sum();
-            loss += sum.ln() + (max - scores[target as usize]) as f64;
-        }
-        Ok((loss / targets.len().max(1) as f64) as f32)
+        let total: f64 = targets
+            .iter()
+            .map(|&(pos, target)| {
+                let u = model.heads(&states[0][pos], &states[1][pos]).u;
+                cross_entropy(vectors, bias, &u, target).0
+            })
+            .sum();
+        (total / targets.len().max(1) as f64) as f32
     }
 
     /// Destroys the user's key and records (crypto-shredding).

@@ -126,12 +126,32 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// Full-softmax cross-entropy of `s = E u + bias` against `target`, and its
+/// gradient with respect to `u`.
+pub fn cross_entropy(items: &[f32], bias: &[f32], u: &[f32], target: u32) -> (f64, Vec<f32>) {
+    let d_r = u.len();
+    let scores: Vec<f32> = items
+        .chunks_exact(d_r)
+        .zip(bias)
+        .map(|(e, b)| b + e.iter().zip(u).map(|(e, u)| e * u).sum::<f32>())
+        .collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = scores.iter().map(|&s| ((s - max) as f64).exp()).sum();
+    let loss = sum.ln() + (max - scores[target as usize]) as f64;
+    let mut d_u = vec![0f32; d_r];
+    for (i, (score, e)) in scores.iter().zip(items.chunks_exact(d_r)).enumerate() {
+        let prob = (((score - max) as f64).exp() / sum) as f32
+            - if i == target as usize { 1.0 } else { 0.0 };
+        d_u.iter_mut().zip(e).for_each(|(d, e)| *d += prob * e);
+    }
+    (loss, d_u)
+}
+
 /// The loss and its gradient with respect to `phi` over `targets`.
 pub fn loss_and_gradient(p: &Problem, phi: &[f32], targets: &[(usize, u32)]) -> (f32, Vec<f32>) {
     let gates = [View::Behavioral, View::Semantic]
         .map(|v| Gate::new(p.heads.gate(v), phi, p.active[v as usize]));
     let d_r = p.heads.fusion.rows;
-    let n_items = p.bias.len();
     let mut loss = 0f64;
     let mut d_scales = [
         vec![0f32; gates[0].logits.len()],
@@ -158,28 +178,8 @@ pub fn loss_and_gradient(p: &Problem, phi: &[f32], targets: &[(usize, u32)]) -> 
             .map(|j| beta[j] * z_b[j] + (1.0 - beta[j]) * z_s[j])
             .collect();
 
-        // Full-softmax cross-entropy over the catalog.
-        let scores: Vec<f32> = (0..n_items)
-            .map(|i| {
-                p.bias[i]
-                    + p.items[i * d_r..(i + 1) * d_r]
-                        .iter()
-                        .zip(&u)
-                        .map(|(e, u)| e * u)
-                        .sum::<f32>()
-            })
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = scores.iter().map(|&s| ((s - max) as f64).exp()).sum();
-        loss += sum.ln() + max as f64 - scores[target as usize] as f64;
-        let mut d_u = vec![0f32; d_r];
-        for i in 0..n_items {
-            let prob = (((scores[i] - max) as f64).exp() / sum) as f32
-                - if i == target as usize { 1.0 } else { 0.0 };
-            d_u.iter_mut()
-                .zip(&p.items[i * d_r..(i + 1) * d_r])
-                .for_each(|(d, e)| *d += prob * e);
-        }
+        let (target_loss, d_u) = cross_entropy(p.items, p.bias, &u, target);
+        loss += target_loss;
 
         // Back through the fusion head.
         let a: Vec<f32> = (0..d_r)

@@ -72,8 +72,12 @@ pub(crate) fn event_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes))
 }
 
+/// One slot per user, view and bundle: a new history replaces the cached state
+/// of the old one instead of piling up (the entry keeps the full key, history
+/// hash included, and a read checks it).
 pub(crate) fn view_state_key(tag: &UserTag, key: &ViewStateKey) -> Vec<u8> {
-    let encoded = postcard::to_stdvec(key).expect("postcard encodes strings");
+    let encoded =
+        postcard::to_stdvec(&(&key.view, &key.bundle_id)).expect("postcard encodes strings");
     let digest: [u8; 32] = Sha256::digest(&encoded).into();
     [tag.as_slice(), &digest].concat()
 }
