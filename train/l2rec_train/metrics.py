@@ -1,0 +1,49 @@
+"""Full-ranking metrics: HR@K and NDCG@K over the whole catalog.
+
+A target's rank (0 = first) counts the items scored above it, plus the items
+scored equal to it with a lower catalog row (SPEC step 8's tie rule, so a
+rank never depends on sort stability).
+
+Exclusion: by default every item the user interacted with before the target
+is removed from the ranking (what the runtime does when recommending). NOTE:
+RecBole's own full-sort evaluation of *sequential* models does not do this
+(`FullSortEvalDataLoader` passes no history for them; only the padding item is
+masked), so RecBole baselines must be scored with the same exclusion, or ours
+without it (`exclude="none"`), for a like-for-like table. ml-100k has no
+repeated user-item pairs, so the target itself is never excluded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+KS = (10, 20)
+
+
+def ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+    """Rank of each target among its row's scores [B, N], excluded items removed."""
+    s = scores.detach().float().clone()
+    if exclude is not None:
+        for b, items in enumerate(exclude):
+            items = np.asarray(items, dtype=np.int64)
+            items = items[items != int(targets[b])]
+            s[b, torch.from_numpy(items)] = -math.inf
+    t = s.gather(1, targets[:, None])
+    rows = torch.arange(s.shape[1])
+    higher = (s > t).sum(1)
+    tied_before = ((s == t) & (rows[None, :] < targets[:, None])).sum(1)
+    return higher + tied_before
+
+
+def from_ranks(r: torch.Tensor | np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    r = torch.as_tensor(r, dtype=torch.float64)
+    out = {}
+    for k in ks:
+        hit = r < k
+        out[f"HR@{k}"] = hit.double().mean().item()
+        out[f"NDCG@{k}"] = torch.where(hit, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean().item()
+    return out

@@ -1,0 +1,301 @@
+"""Trains L2Rec on MovieLens-100K, selects on validation NDCG@10, exports a bundle.
+
+    python -m l2rec_train.train --config configs/small.json --out runs/small
+    python -m l2rec_train.train --config configs/small.json --out runs/small --resume
+    torchrun --nproc_per_node 2 -m l2rec_train.train --config ... --out ...   (DDP, gloo)
+
+Writes into --out: config.json, log.jsonl (one line per epoch), last.pt (resume
+point, every epoch), best.pt (best validation NDCG@10), metrics.json (valid
+and test of the best model) and bundle/ (the runtime bundle of the best model).
+
+Resuming continues from the end of the last finished epoch; batch order is a
+function of (seed, epoch), so a resumed run sees the batches an uninterrupted
+one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from . import data
+from . import distributed as dist_util
+from . import metrics as M
+from . import paths
+from .backbone import Backbone
+from .config import Config
+from .data import Catalog, Split
+from .model import L2Rec
+from .pipeline import (PromptSet, base_view_states, bucketed_batches, compute_text_states, prompt_builders,
+                       prompt_set, test_histories, train_histories)
+from .statecache import store_key
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Context:
+    """Everything built from a config: data, backbone, model, prompt sets."""
+
+    cfg: Config
+    catalog: Catalog
+    split: Split
+    backbone: Backbone
+    builders: dict
+    model: L2Rec
+    users: range  # user rows trained (all, unless train.max_users)
+    train_set: PromptSet
+    valid_index: np.ndarray  # per trained user: its validation prompt in train_set
+
+    @property
+    def trained_user_rows(self) -> list[int]:
+        return list(self.users)
+
+    @property
+    def trained_user_ids(self) -> list[str]:
+        return [self.split.user_ids[u] for u in self.users]
+
+    def test_set(self) -> PromptSet:
+        hist = test_histories(self.cfg, self.split, self.users)
+        return prompt_set(self.cfg, self.builders, hist, self.backbone, self.model.first_layer,
+                          f"test{self.cfg.max_items}")
+
+
+def text_states(backbone: Backbone, builder, n_items: int) -> torch.Tensor:
+    """t_i for the catalog, cached on disk (keyed by backbone and prompts)."""
+    prompts = [builder.build(np.array([r]))[0] for r in range(n_items)]
+    path = paths.work_dir() / f"text-states-{store_key(backbone.sha256, -1, prompts)}.npy"
+    if path.exists():
+        return torch.from_numpy(np.load(path))
+    if dist_util.rank() == 0:
+        t = compute_text_states(backbone, builder, n_items)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, t.numpy())
+        os.replace(tmp, path)
+    dist_util.barrier()
+    return torch.from_numpy(np.load(path))
+
+
+def build_context(cfg: Config, seed_model: bool = True) -> Context:
+    catalog, split = data.load()
+    tokenizer = Tokenizer.load()
+    backbone = Backbone()
+    builders = prompt_builders(cfg, tokenizer, catalog)
+    t = text_states(backbone, builders["semantic"], len(catalog))
+    if seed_model:
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = L2Rec(cfg, backbone, len(split), t)
+    n = len(split) if cfg.train.max_users <= 0 else min(cfg.train.max_users, len(split))
+    users = range(n)
+    hist, valid_index = train_histories(cfg, split, users)
+    train_set = prompt_set(cfg, builders, hist, backbone, model.first_layer,
+                           f"train-{cfg.train.windows}{cfg.max_items}")
+    for view, states in base_view_states(model, train_set, seed=cfg.seed).items():
+        model.set_view_statistics(view, states)  # a checkpoint's own statistics replace these on load
+    return Context(cfg, catalog, split, backbone, builders, model, users, train_set, valid_index)
+
+
+# -- evaluation -----------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(ctx: Context, phase: str, pset: Optional[PromptSet] = None, phi: str = "user",
+             exclude: str = "history", batch_size: int = 32, progress: bool = True) -> tuple[dict, np.ndarray]:
+    """HR/NDCG@{10,20} on the valid or test targets of the trained users (ranks are sharded
+    over DDP ranks and summed). phi="mean" scores everyone with phi_mean (no personalization)."""
+    model, split = ctx.model, ctx.split
+    model.eval()
+    users = np.array(list(ctx.users))
+    if phase == "valid":
+        pset, prompt_of = ctx.train_set, ctx.valid_index
+        targets = split.valid[users]
+    elif phase == "test":
+        pset = pset or ctx.test_set()
+        prompt_of = np.arange(len(users))
+        targets = split.test[users]
+    else:
+        raise ValueError(phase)
+    phi_mean = model.phi.weight[torch.from_numpy(users)].mean(0)
+    r_all = torch.zeros(len(users), dtype=torch.float64)
+    mine = np.arange(len(users))[dist_util.rank()::dist_util.world_size()]
+    for s in tqdm(range(0, len(mine), batch_size), desc=f"eval {phase}", leave=False,
+                  disable=not progress or dist_util.rank() != 0):
+        j = mine[s : s + batch_size]
+        u_rows, inputs = pset.last_state_batch(prompt_of[j].tolist())
+        ph = phi_mean.expand(len(j), -1) if phi == "mean" else None
+        u = model.user_vectors(u_rows, inputs, phi=ph)[:, 0]
+        excl = [split.seen_items(int(x), phase) for x in users[j]] if exclude == "history" else None
+        r_all[torch.from_numpy(j)] = M.ranks(model.scores(u), torch.from_numpy(targets[j]), excl).double()
+    dist_util.all_reduce_sum(r_all)
+    return M.from_ranks(r_all), r_all.numpy()
+
+
+# -- training -------------------------------------------------------------------
+
+
+def make_optimizer(model: L2Rec, cfg: Config) -> torch.optim.Optimizer:
+    lora, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if name.startswith("experts."):
+            lora.append(p)
+        elif name.startswith("phi.") or name.endswith(".bias") or name == "item_bias":
+            no_decay.append(p)  # phi has its own L2 (SPEC); biases are not decayed
+        else:
+            decay.append(p)
+    t = cfg.train
+    groups = [
+        {"params": decay, "lr": t.lr, "weight_decay": t.weight_decay},
+        {"params": no_decay, "lr": t.lr, "weight_decay": 0.0},
+    ]
+    if lora:
+        groups.append({"params": lora, "lr": t.lr_lora, "weight_decay": t.weight_decay})
+    return torch.optim.AdamW(groups)
+
+
+def train_epoch(ctx: Context, net, optimizer, epoch: int) -> dict:
+    cfg, pset = ctx.cfg, ctx.train_set
+    rank, world = dist_util.rank(), dist_util.world_size()
+    ctx.model.train()
+    lengths = np.array([len(t) for t in pset.views["semantic"].tokens])
+    rng = np.random.default_rng([cfg.seed, epoch])
+    batches = [b for b in bucketed_batches(lengths, cfg.train.batch_size, rng) if len(b) >= world]
+    if cfg.train.max_steps > 0:
+        batches = batches[: cfg.train.max_steps]
+    ce_sum, n_sum, tokens, t0 = 0.0, 0, 0, time.time()
+    bar = tqdm(batches, desc=f"epoch {epoch}", disable=rank != 0, smoothing=0.1)
+    for batch in bar:
+        idx = batch[rank::world]
+        users, inputs, targets, mask = pset.teacher_forcing_batch(idx)
+        loss, ce, n = net(users, inputs, targets, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        ce_sum += float(ce) * n
+        n_sum += n
+        tokens += sum(int(h.shape[1]) * len(idx) for h, _ in inputs.values())
+        bar.set_postfix(ce=f"{ce_sum / max(n_sum, 1):.4f}")
+    stats = torch.tensor([ce_sum, n_sum, tokens], dtype=torch.float64)
+    dist_util.all_reduce_sum(stats)
+    secs = time.time() - t0
+    return {"train_ce": stats[0].item() / max(stats[1].item(), 1), "targets": int(stats[1]), "steps": len(batches),
+            "padded_tokens": int(stats[2]), "seconds": secs}
+
+
+def save_checkpoint(path: Path, ctx: Context, optimizer, epoch: int, best: dict) -> None:
+    state = {
+        "config": ctx.cfg.to_dict(),
+        "model": ctx.model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "best": best,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_for_inference(checkpoint: Path) -> Context:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = Config(**state["config"])
+    ctx = build_context(cfg)
+    ctx.model.load_state_dict(state["model"])
+    return ctx
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (overrides config)")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--no-test", action="store_true", help="skip the final test evaluation")
+    p.add_argument("--no-export", action="store_true", help="skip writing OUT/bundle")
+    args = p.parse_args(argv)
+
+    distributed = dist_util.init()
+    rank = dist_util.rank()
+    cfg = Config.load(args.config)
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
+    threads = args.threads if args.threads is not None else cfg.train.threads
+    if threads > 0:
+        torch.set_num_threads(threads)
+    seed_everything(cfg.seed)
+    out = Path(args.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    ctx = build_context(cfg)
+    optimizer = make_optimizer(ctx.model, cfg)
+    start, best = 0, {"NDCG@10": -1.0, "epoch": -1}
+    if args.resume and (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        ctx.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best = state["epoch"] + 1, state["best"]
+        if rank == 0:
+            print(f"resumed after epoch {state['epoch']}; best so far {best}")
+    net = DDP(ctx.model, broadcast_buffers=False) if distributed else ctx.model
+
+    stale = 0
+    for epoch in range(start, cfg.train.epochs):
+        row = {"epoch": epoch, **train_epoch(ctx, net, optimizer, epoch)}
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch == cfg.train.epochs - 1:
+            t0 = time.time()
+            valid, _ = evaluate(ctx, "valid")
+            row.update({f"valid_{k}": v for k, v in valid.items()}, eval_seconds=time.time() - t0)
+            if valid["NDCG@10"] > best["NDCG@10"]:
+                best, stale = {"NDCG@10": valid["NDCG@10"], "epoch": epoch}, 0
+                if rank == 0:
+                    save_checkpoint(out / "best.pt", ctx, None, epoch, best)
+            else:
+                stale += 1
+        if rank == 0:
+            save_checkpoint(out / "last.pt", ctx, optimizer, epoch, best)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row))
+        dist_util.barrier()
+        if cfg.train.patience > 0 and stale >= cfg.train.patience:
+            break
+
+    if (out / "best.pt").exists():
+        ctx.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
+    result = {"best": best}
+    result["valid"], _ = evaluate(ctx, "valid")
+    if not args.no_test:
+        result["test"], _ = evaluate(ctx, "test")
+    if rank == 0:
+        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result))
+        if not args.no_export:
+            from .export import export_bundle
+
+            export_bundle(ctx.model, ctx.catalog, ctx.trained_user_ids, ctx.trained_user_rows, out / "bundle")
+    dist_util.barrier()
+    dist_util.shutdown()
+
+
+if __name__ == "__main__":
+    main()
