@@ -16,7 +16,10 @@ const USERS: usize = 8;
 const MAX_EVENTS: usize = 30;
 
 fn ops() -> usize {
-    std::env::var("L2REC_STRESS_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+    std::env::var("L2REC_STRESS_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
 }
 
 #[test]
@@ -60,11 +63,18 @@ fn eight_threads_ten_thousand_operations() {
                     match kind {
                         0 => {
                             let item = (rng.next_u64() % SMALL_ITEMS as u64 + 1).to_string();
-                            let event = EventInput { item_id: item, timestamp_ms: 0, kind: "view".into(), item_text: None };
+                            let event = EventInput {
+                                item_id: item,
+                                timestamp_ms: 0,
+                                kind: "view".into(),
+                                item_text: None,
+                            };
                             engine.observe(&user, &event).unwrap();
                         }
                         1 => {
-                            let recs = engine.recommend(&user, 5, RecommendOptions::default()).unwrap();
+                            let recs = engine
+                                .recommend(&user, 5, RecommendOptions::default())
+                                .unwrap();
                             assert!(!recs.is_empty() && recs.len() <= 5);
                             assert!(recs.iter().all(|r| r.score.is_finite()));
                         }
@@ -73,9 +83,17 @@ fn eight_threads_ten_thousand_operations() {
                         }
                         3 => engine.forget_user(&user).unwrap(),
                         _ => {
-                            let opts = PersonalizeOptions { steps: 5, ..Default::default() };
-                            let report = engine.personalize(&user, opts, &mut |_, _| {}, &CancelToken::default()).unwrap();
-                            assert!(report.held_out_loss_before.is_finite() && report.train_loss_after.is_finite());
+                            let opts = PersonalizeOptions {
+                                steps: 5,
+                                ..Default::default()
+                            };
+                            let report = engine
+                                .personalize(&user, opts, &mut |_, _| {}, &CancelToken::default())
+                                .unwrap();
+                            assert!(
+                                report.held_out_loss_before.is_finite()
+                                    && report.train_loss_after.is_finite()
+                            );
                         }
                     }
                 }
