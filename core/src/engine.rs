@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -211,6 +211,9 @@ pub struct Engine {
     max_items: usize,
     bundle_id: String,
     backbone_sha256: String,
+    /// Every catalog id, readable while the model lock is held by a long call
+    /// (so `observe` does not wait behind `personalize`).
+    known_ids: RwLock<HashSet<String>>,
 }
 
 fn history_key(view: View, scales: &[f32], ids: &[String]) -> String {
@@ -276,6 +279,7 @@ impl Engine {
             max_items,
             bundle_id,
             backbone_sha256,
+            known_ids: RwLock::default(),
         };
         engine.load_cold_items()?;
         Ok(engine)
@@ -382,6 +386,10 @@ impl Engine {
             }
         }
         model.set_cold_items(&cold)?;
+        let ids = (0..model.catalog_len() as u32)
+            .map(|r| model.item_id(r).to_owned())
+            .collect();
+        *self.known_ids.write().unwrap_or_else(|p| p.into_inner()) = ids;
         Ok(())
     }
 
@@ -390,7 +398,11 @@ impl Engine {
     pub fn observe(&self, user: &str, event: &EventInput) -> Result<u64, EngineError> {
         self.check_id(user)?;
         self.check_id(&event.item_id)?;
-        let known = self.model().row(&event.item_id).is_some();
+        let known = self
+            .known_ids
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&event.item_id);
         if !known {
             let text = event
                 .item_text
@@ -649,7 +661,9 @@ impl Engine {
         let held =
             ((targets.len() as f32 * options.holdout).ceil() as usize).clamp(1, targets.len() - 1);
         let (train, held_out) = targets.split_at(targets.len() - held);
-        let total_passes = 2 * 2 + experts[0] + experts[1] + 2;
+        // Per view: the current and the base mixture, each expert alone; then the
+        // held-back loss, measured for real before and after (two passes each).
+        let total_passes = 2 * 2 + experts[0] + experts[1] + 4;
         let mut passes = 0;
         let mut step =
             |model: &mut L2Rec, view: View, scales: &[f32]| -> Result<Vec<Vec<f32>>, EngineError> {
