@@ -69,6 +69,7 @@ impl From<EngineError> for L2recError {
                 ModelError::Backbone(_) => Self::Backbone(message),
                 ModelError::Bundle(_) => Self::Bundle(message),
                 ModelError::Kernel(_)
+                | ModelError::Degenerate(_)
                 | ModelError::UnknownRow { .. }
                 | ModelError::PhiSize { .. } => Self::Internal(message),
             },

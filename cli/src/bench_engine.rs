@@ -49,10 +49,7 @@ fn peak_rss_mb() -> f64 {
 /// on attn_q/attn_v of the top 4 layers and random gates: the shape of a
 /// trained bundle, so personalization has work to do.
 fn bench_bundle(backbone: &Backbone, data: &Dataset, dir: &Path) -> anyhow::Result<PathBuf> {
-    let zero = l2rec::assets::bundles_dir().join(format!(
-        "zero-shot-ml-100k-{}",
-        &backbone.info().sha256[..12]
-    ));
+    let zero = l2rec::zeroshot::cache_dir(&backbone.info().sha256);
     if Bundle::open(&zero, backbone.info()).is_err() {
         eprintln!(
             "building the zero-shot bundle first (cached at {})",

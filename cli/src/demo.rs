@@ -152,10 +152,7 @@ fn recommend_for(model: &mut L2Rec, data: &Dataset, user: &str, k: usize) -> any
 
 /// The cached zero-shot bundle for this backbone, built on first use.
 fn zero_shot_bundle(backbone: &Backbone, data: &Dataset) -> anyhow::Result<PathBuf> {
-    let dir = assets::bundles_dir().join(format!(
-        "zero-shot-ml-100k-{}",
-        &backbone.info().sha256[..12]
-    ));
+    let dir = l2rec::zeroshot::cache_dir(&backbone.info().sha256);
     if Bundle::open(&dir, backbone.info()).is_ok() {
         return Ok(dir);
     }

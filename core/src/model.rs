@@ -24,6 +24,8 @@ pub enum ModelError {
     PhiSize { found: usize, expected: usize },
     #[error("cancelled")]
     Cancelled,
+    #[error("degenerate model: {0}")]
+    Degenerate(String),
 }
 
 /// Reports `(done, total)`; returning false cancels the work.

@@ -18,6 +18,18 @@ pub const D_R: usize = 64;
 pub const D_PHI: usize = 16;
 pub const MAX_ITEMS: usize = 50;
 
+/// Bumped whenever the way the zero-shot bundle is computed changes, so that a
+/// bundle cached by an older build is rebuilt rather than served.
+const BUILD: u32 = 2;
+
+/// Where the zero-shot bundle for a backbone is cached.
+pub fn cache_dir(backbone_sha256: &str) -> PathBuf {
+    crate::assets::bundles_dir().join(format!(
+        "zero-shot-ml-100k-v{BUILD}-{}",
+        &backbone_sha256[..12]
+    ))
+}
+
 /// The prompt templates the project uses for ml-100k.
 pub fn default_templates() -> (Template, Template) {
     (
@@ -44,6 +56,13 @@ pub fn build(
     let (behavioral, semantic) = default_templates();
     let states = item_text_states(backbone, &semantic, &catalog.texts, progress)?;
     let pca = whitened_pca(&states, d, D_R);
+    // Identical states (a broken backbone path) would give an all-zero
+    // projection and a bundle that scores every item 0: refuse it.
+    if pca.weight.iter().all(|w| *w == 0.0) {
+        return Err(ModelError::Degenerate(
+            "the item text states do not vary".into(),
+        ));
+    }
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
