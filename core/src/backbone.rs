@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ffi::gguf::{GgufError, GgufFile};
 pub use crate::ffi::llama::Token;
-use crate::ffi::llama::{self, Adapter, Context, ContextParams, LlamaError, Model};
+use crate::ffi::llama::{Adapter, Context, ContextParams, LlamaError, Model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {
@@ -411,11 +411,6 @@ impl Session {
 
 fn common_prefix(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// Reads a string from the model's metadata as llama.cpp sees it.
-pub fn model_metadata(backbone: &Backbone, key: &str) -> Option<String> {
-    llama::model_meta(&backbone.model, key)
 }
 
 /// Writes an F16 copy of a GGUF model: every quantized matrix dequantized by

@@ -525,26 +525,6 @@ impl Drop for Context {
     }
 }
 
-/// Reads one string of the model's GGUF metadata as llama.cpp parsed it.
-pub fn model_meta(model: &Model, key: &str) -> Option<String> {
-    let key = CString::new(key).ok()?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: the buffer has buf.len() bytes; llama.cpp NUL-terminates within it.
-    let n = unsafe {
-        sys::llama_model_meta_val_str(
-            model.ptr(),
-            key.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
-}
-
 /// A bare llama.cpp decode loop for benchmarks: a fresh context with `params`
 /// (the same settings [`Context`] uses), `tokens` decoded from an empty cache
 /// `reps` times with an output on the last token only. Returns each decode's
