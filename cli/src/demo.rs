@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use l2rec::assets;
 use l2rec::backbone::{Backbone, BackboneConfig, ModelInfo};
 use l2rec::bundle::Bundle;
-use l2rec::catalog::Dataset;
+use l2rec::catalog::{Dataset, History};
 use l2rec::model::L2Rec;
 use l2rec::prompt::View;
 
@@ -94,13 +94,7 @@ fn recommend_for(model: &mut L2Rec, data: &Dataset, user: &str, k: usize) -> any
     let history = data
         .history(user)
         .with_context(|| format!("ml-100k has no user {user}"))?;
-    // The bundle has its own catalog order: translate through item ids.
-    let rows = model.bundle().item_rows();
-    let to_bundle_row = |r: &u32| {
-        rows.get(data.catalog.ids[*r as usize].as_str())
-            .map(|&b| b as u32)
-    };
-    let bundle_rows: Vec<u32> = history.rows.iter().filter_map(to_bundle_row).collect();
+    let bundle_rows = bundle_rows(model, data, history);
     // Hold the last interaction back, as the evaluation protocol does, and show
     // whether it comes up.
     let (held_out, seen) = bundle_rows
@@ -108,7 +102,7 @@ fn recommend_for(model: &mut L2Rec, data: &Dataset, user: &str, k: usize) -> any
         .context("user without interactions in this bundle")?;
     let texts = model.bundle().items.texts.clone();
     let text = |row: u32| texts[row as usize].as_str();
-    let phi = model.bundle().heads.phi_mean.clone();
+    let phi = model.user_phi(user);
     let mut pref = model.preference(&phi, seen)?;
     let hits = model.top_k(&mut pref, seen, k)?;
     let latest: Vec<&str> = seen.iter().rev().take(3).map(|&r| text(r)).collect();
@@ -148,6 +142,16 @@ fn recommend_for(model: &mut L2Rec, data: &Dataset, user: &str, k: usize) -> any
     }
     println!("  held-out next item: {}", text(*held_out));
     Ok(())
+}
+
+/// A user's history as the bundle's catalog rows (the bundle has its own
+/// catalog order: translate through item ids; items it lacks are dropped).
+pub fn bundle_rows(model: &L2Rec, data: &Dataset, history: &History) -> Vec<u32> {
+    history
+        .rows
+        .iter()
+        .filter_map(|&r| model.row(&data.catalog.ids[r as usize]))
+        .collect()
 }
 
 /// The cached zero-shot bundle for this backbone, built on first use.

@@ -4,6 +4,7 @@ mod bench_backbone;
 mod bench_engine;
 mod bench_score;
 mod demo;
+mod eval;
 mod inspect;
 mod tools;
 
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Recommend for a few MovieLens-100K users with the default model.
     Demo(demo::DemoArgs),
+    /// HR@10/20 and NDCG@10/20 of a bundle on ml-100k, by the runtime path (JSON).
+    Eval(eval::EvalArgs),
     /// Check a bundle and print a summary (exit 2 if it is invalid).
     Inspect(inspect::InspectArgs),
     /// Benchmarks printing JSON.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => return inspect::run(args),
         Command::Bench(Bench::Backbone(args)) => bench_backbone::run(args),
         Command::Bench(Bench::Score(args)) => bench_score::run(args),

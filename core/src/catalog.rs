@@ -95,7 +95,10 @@ fn parse_catalog(file: &Path) -> Result<Catalog, CatalogError> {
 }
 
 /// Every rating is an interaction; each user's items sorted by time, ties in
-/// file order (a stable sort), as RecBole's sequential protocol does.
+/// file order (a stable sort), as RecBole's sequential protocol does. The sort
+/// key is RecBole's, not the raw timestamp: min-max normalized in f64 and
+/// stored as f32, which merges timestamps about a second apart into ties (on
+/// ml-100k that moves 5 users' held-out items; the trainer does the same).
 fn parse_histories(file: &Path, rows: &HashMap<&str, u32>) -> Result<Vec<History>, CatalogError> {
     let text = read(file)?;
     let mut order: Vec<String> = Vec::new();
@@ -118,17 +121,33 @@ fn parse_histories(file: &Path, rows: &HashMap<&str, u32>) -> Result<Vec<History
         });
         list.push((time, row));
     }
+    let times: Vec<f64> = events.values().flatten().map(|&(t, _)| t).collect();
+    let key = recbole_time_key(&times);
     Ok(order
         .into_iter()
         .map(|user| {
             let mut list = events.remove(&user).unwrap_or_default();
-            list.sort_by(|a, b| a.0.total_cmp(&b.0));
+            list.sort_by(|a, b| key(a.0).total_cmp(&key(b.0)));
             History {
                 user,
                 rows: list.into_iter().map(|(_, r)| r).collect(),
             }
         })
         .collect())
+}
+
+/// RecBole's time-order key: `(t - min) / (max - min)` in f64, rounded to f32.
+fn recbole_time_key(times: &[f64]) -> impl Fn(f64) -> f32 + use<> {
+    let (min, max) = times.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), t| {
+        (lo.min(*t), hi.max(*t))
+    });
+    move |t| {
+        if max > min {
+            ((t - min) / (max - min)) as f32
+        } else {
+            1.0
+        }
+    }
 }
 
 impl Dataset {
@@ -152,5 +171,40 @@ impl Dataset {
             }
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn timestamps_that_round_to_one_f32_keep_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "ml-100k.item",
+            "item_id:token\ttitle:token_seq\trelease_year:token\na\tA\t1990\nb\tB\t1991\nc\tC\t\n",
+        );
+        // Over a 2e8 s span an f32 step is ~12 s: b (5 s later in time, first in the file)
+        // ties with a and stays first; c, 1000 s later, sorts after both.
+        write(
+            dir.path(),
+            "ml-100k.inter",
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\n\
+             9\tc\t1\t0\n\
+             1\tc\t1\t100001000\n\
+             1\tb\t1\t100000005\n\
+             1\ta\t1\t100000000\n\
+             9\ta\t1\t200000000\n",
+        );
+        let data = Dataset::load_ml100k(dir.path()).unwrap();
+        assert_eq!(data.history("1").unwrap().rows, vec![1, 0, 2]);
+        assert_eq!(data.history("9").unwrap().rows, vec![2, 0]);
+        assert_eq!(data.catalog.texts[2], "C");
     }
 }

@@ -314,6 +314,12 @@ impl L2Rec {
         }
     }
 
+    /// The user's trained `phi` from the bundle, or `phi_mean` for a user it lacks.
+    pub fn user_phi(&self, user: &str) -> Vec<f32> {
+        let trained = self.bundle.users.as_ref().and_then(|u| u.phi_of(user));
+        trained.unwrap_or(&self.bundle.heads.phi_mean).to_vec()
+    }
+
     pub fn bundle(&self) -> &Bundle {
         &self.bundle
     }

@@ -13,6 +13,8 @@ from pathlib import Path
 from .backbone import MODULES
 from .prompts import DEFAULT_TEMPLATES, VIEWS
 
+FUSIONS = ("adaptive",) + VIEWS
+
 
 @dataclass
 class ViewConfig:
@@ -56,6 +58,9 @@ class Config:
     d_r: int = 64
     d_phi: int = 16
     max_items: int = 50  # history.max_items: items a prompt holds
+    # Ablations only: "adaptive" is SPEC's fusion; "behavioral" or "semantic" scores with that
+    # view's z alone (the other view is never run). Only "adaptive" models export to a bundle.
+    fusion: str = "adaptive"
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
@@ -81,6 +86,8 @@ class Config:
             raise ValueError(f"unknown LoRA modules {bad}; choose from {MODULES}")
         if self.lora.rank < 1 or not self.lora.layers:
             raise ValueError("lora needs rank >= 1 and at least one layer")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.max_items < 2:
             raise ValueError("max_items must be >= 2")
 

@@ -93,6 +93,8 @@ def export_bundle(
 ) -> Path:
     """Writes the bundle into `out` (replaced atomically: built in a sibling directory first)."""
     cfg, bb = model.cfg, model.backbone
+    if cfg.fusion != "adaptive":
+        raise ValueError(f"a {cfg.fusion}-only ablation has no SPEC bundle (the runtime always fuses both views)")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():

@@ -166,7 +166,10 @@ class L2Rec(nn.Module):
     def user_vectors(self, users: torch.Tensor, inputs: dict, phi: Optional[torch.Tensor] = None) -> torch.Tensor:
         """u [B, M, d_r] at every requested position; inputs[view] = (h_in [B,T,d], out_index [B,M])."""
         phi = self.phi(users) if phi is None else phi
-        z = {v: self.project(v, self.view_states(v, phi, *inputs[v])) for v in VIEWS}
+        views = VIEWS if self.cfg.fusion == "adaptive" else (self.cfg.fusion,)
+        z = {v: self.project(v, self.view_states(v, phi, *inputs[v])) for v in views}
+        if self.cfg.fusion != "adaptive":
+            return z[self.cfg.fusion]  # single-view ablation
         return self.fuse(z["behavioral"], z["semantic"])
 
     def forward(self, users: torch.Tensor, inputs: dict, targets: torch.Tensor, mask: torch.Tensor):

@@ -289,7 +289,7 @@ def main(argv=None) -> None:
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result))
-        if not args.no_export:
+        if not args.no_export and cfg.fusion == "adaptive":
             from .export import export_bundle
 
             export_bundle(ctx.model, ctx.catalog, ctx.trained_user_ids, ctx.trained_user_rows, out / "bundle")

@@ -273,6 +273,13 @@ impl Items {
 }
 
 impl Users {
+    /// The trained `phi` of user `id`, if the bundle has one.
+    pub fn phi_of(&self, id: &str) -> Option<&[f32]> {
+        let d_phi = self.phi.len() / self.ids.len().max(1);
+        let row = self.ids.iter().position(|u| u == id)?;
+        Some(&self.phi[row * d_phi..(row + 1) * d_phi])
+    }
+
     pub fn read(file: &Path, m: &Manifest) -> Result<Self, BundleError> {
         let bytes = read_file(file)?;
         let r = Reader::parse(file, &bytes)?;
