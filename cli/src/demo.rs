@@ -15,7 +15,8 @@ use l2rec::prompt::View;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// The bundle to serve (default: the zero-shot bundle, built on first use).
+    /// The bundle to serve (default: this repository's trained `bundles/ml-100k`,
+    /// else the zero-shot bundle, built on first use).
     #[arg(long)]
     pub bundle: Option<PathBuf>,
     /// ml-100k user ids, comma-separated.
@@ -61,8 +62,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         ms(started.elapsed())
     );
 
+    let trained = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/ml-100k");
     let bundle_dir = match &args.bundle {
         Some(dir) => dir.clone(),
+        None if trained.join("manifest.json").exists() => trained,
         None => zero_shot_bundle(&backbone, &data)?,
     };
     let started = Instant::now();

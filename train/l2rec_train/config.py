@@ -46,6 +46,8 @@ class TrainConfig:
     max_steps: int = 0  # >0: stop an epoch after this many steps (smoke tests)
     threads: int = 0  # torch threads per process (0: leave torch's default)
     state_batch_tokens: int = 4096  # padded tokens per batch when building state caches
+    warmup_epochs: int = 0  # heads-only epochs on cached base-model states before the LoRA epochs
+    bias_init: str = "popularity"  # item bias at start: "popularity" (log counts of training items) or "zero"
     windows: str = "last"  # training windows per user: "last" or "all" (data.training_windows)
 
 
@@ -86,6 +88,8 @@ class Config:
             raise ValueError(f"unknown LoRA modules {bad}; choose from {MODULES}")
         if self.lora.rank < 1 or not self.lora.layers:
             raise ValueError("lora needs rank >= 1 and at least one layer")
+        if self.train.bias_init not in ("popularity", "zero"):
+            raise ValueError(f"train.bias_init must be popularity or zero, got {self.train.bias_init!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.max_items < 2:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -124,6 +125,14 @@ class L2Rec(nn.Module):
             nn.init.normal_(g.weight, std=1.0 / math.sqrt(self.cfg.d_phi))
             nn.init.zeros_(g.bias)
 
+    @torch.no_grad()
+    def init_item_bias(self, counts: np.ndarray) -> None:
+        """Starts the item bias at log-popularity (centered): the full-softmax optimum of a
+        model without users, i.e. the Pop baseline. A few epochs of AdamW at lr ~1e-3 could
+        not move a bias far enough to learn ml-100k's popularity range (~6 nats) from zero."""
+        b = torch.log1p(torch.as_tensor(counts, dtype=torch.float32))
+        self.item_bias.copy_(b - b.mean())
+
     # -- SPEC steps -------------------------------------------------------------
 
     def gate(self, view: str, phi: torch.Tensor) -> Optional[torch.Tensor]:
@@ -166,10 +175,18 @@ class L2Rec(nn.Module):
     def user_vectors(self, users: torch.Tensor, inputs: dict, phi: Optional[torch.Tensor] = None) -> torch.Tensor:
         """u [B, M, d_r] at every requested position; inputs[view] = (h_in [B,T,d], out_index [B,M])."""
         phi = self.phi(users) if phi is None else phi
-        views = VIEWS if self.cfg.fusion == "adaptive" else (self.cfg.fusion,)
-        z = {v: self.project(v, self.view_states(v, phi, *inputs[v])) for v in views}
+        return self.preference({v: self.view_states(v, phi, *inputs[v]) for v in self.active_views})
+
+    @property
+    def active_views(self) -> tuple[str, ...]:
+        """The views `u` reads: both, or one in a single-view ablation."""
+        return VIEWS if self.cfg.fusion == "adaptive" else (self.cfg.fusion,)
+
+    def preference(self, states: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Steps 5-6: u from the view states (SPEC's fusion, or one view's z in an ablation)."""
+        z = {v: self.project(v, states[v]) for v in self.active_views}
         if self.cfg.fusion != "adaptive":
-            return z[self.cfg.fusion]  # single-view ablation
+            return z[self.cfg.fusion]
         return self.fuse(z["behavioral"], z["semantic"])
 
     def forward(self, users: torch.Tensor, inputs: dict, targets: torch.Tensor, mask: torch.Tensor):

@@ -97,6 +97,9 @@ def build_context(cfg: Config, seed_model: bool = True) -> Context:
     model = L2Rec(cfg, backbone, len(split), t)
     n = len(split) if cfg.train.max_users <= 0 else min(cfg.train.max_users, len(split))
     users = range(n)
+    if cfg.train.bias_init == "popularity":
+        seen = np.concatenate([split.train[u] for u in users])
+        model.init_item_bias(np.bincount(seen, minlength=len(catalog)))
     hist, valid_index = train_histories(cfg, split, users)
     train_set = prompt_set(cfg, builders, hist, backbone, model.first_layer,
                            f"train-{cfg.train.windows}{cfg.max_items}")
@@ -193,6 +196,75 @@ def train_epoch(ctx: Context, net, optimizer, epoch: int) -> dict:
             "padded_tokens": int(stats[2]), "seconds": secs}
 
 
+@torch.no_grad()
+def base_states(ctx: Context, batch_size: int = 8) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """The base model's (adapter-free) view states after every item of every training window.
+    Experts start with B = 0, so these are exactly what the heads see at step 0. Returns
+    (states before each target {view: [N, d]}, states after each window's last item
+    {view: [W, d]} (the validation prompts), target users [N], targets [N])."""
+    model, pset = ctx.model, ctx.train_set
+    before = {v: [] for v in model.active_views}
+    last = {v: [] for v in model.active_views}
+    users, targets = [], []
+    for s in tqdm(range(0, len(pset), batch_size), desc="base states", disable=dist_util.rank() != 0):
+        idx = list(range(s, min(s + batch_size, len(pset))))
+        for v in model.active_views:
+            vp = pset.views[v]
+            h, out_index = vp.inputs(idx, [vp.ends[i] for i in idx])
+            st = model.backbone.run(h, model.first_layer, model.backbone.config.n_layer, None, out_index)
+            for b, i in enumerate(idx):
+                n = len(vp.ends[i])
+                before[v].append(st[b, : n - 1])
+                last[v].append(st[b, n - 1])
+        for i in idx:
+            items = pset.histories.items[i]
+            users += [int(pset.histories.users[i])] * (len(items) - 1)
+            targets += [int(t) for t in items[1:]]
+    return ({v: torch.cat(x) for v, x in before.items()}, {v: torch.stack(x) for v, x in last.items()},
+            torch.tensor(users), torch.tensor(targets))
+
+
+def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict]:
+    """Linear probing before fine-tuning: trains the heads (projections, fusion, item tables)
+    on the base model's cached view states, `epochs` passes over every target in seconds
+    each, and keeps the epoch with the best validation NDCG@10. The LoRA epochs that follow
+    (minutes each) then start from converged heads instead of random ones."""
+    model, cfg, split = ctx.model, ctx.cfg, ctx.split
+    before, last, _, targets = base_states(ctx)
+    heads = [p for n, p in model.named_parameters() if not n.startswith(("experts.", "gates.", "phi."))]
+    optimizer = torch.optim.AdamW(heads, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    users = np.array(list(ctx.users))
+    valid_states = {v: x[torch.from_numpy(ctx.valid_index)] for v, x in last.items()}
+    exclude = [split.seen_items(int(u), "valid") for u in users]
+    best, best_state, rows = -1.0, None, []
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(targets), generator=generator)
+        ce_sum = 0.0
+        for s in range(0, len(order), batch_size):
+            j = order[s : s + batch_size]
+            ce = torch.nn.functional.cross_entropy(model.scores(model.preference({v: x[j] for v, x in before.items()})),
+                                                   targets[j])
+            optimizer.zero_grad(set_to_none=True)
+            ce.backward()
+            optimizer.step()
+            ce_sum += float(ce.detach()) * len(j)
+        with torch.no_grad():
+            model.eval()
+            u = model.preference(valid_states)
+            valid = M.from_ranks(M.ranks(model.scores(u), torch.from_numpy(split.valid[users]), exclude))
+        rows.append({"warmup_epoch": epoch, "train_ce": ce_sum / len(targets),
+                     **{f"valid_{k}": v for k, v in valid.items()}})
+        if dist_util.rank() == 0:
+            print(json.dumps(rows[-1]))
+        if valid["NDCG@10"] > best:
+            best, best_state = valid["NDCG@10"], {k: v.clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return rows
+
+
 def save_checkpoint(path: Path, ctx: Context, optimizer, epoch: int, best: dict) -> None:
     state = {
         "config": ctx.cfg.to_dict(),
@@ -256,6 +328,14 @@ def main(argv=None) -> None:
         start, best = state["epoch"] + 1, state["best"]
         if rank == 0:
             print(f"resumed after epoch {state['epoch']}; best so far {best}")
+    if start == 0 and cfg.train.warmup_epochs > 0:
+        # Every rank runs the same deterministic warmup, so replicas stay identical.
+        for row in warmup_heads(ctx, cfg.train.warmup_epochs):
+            if rank == 0:
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        if rank == 0:  # the heads-only model, for ablations (python -m l2rec_train.eval --checkpoint)
+            save_checkpoint(out / "warmup.pt", ctx, None, -1, best)
     net = DDP(ctx.model, broadcast_buffers=False) if distributed else ctx.model
 
     stale = 0
@@ -273,6 +353,7 @@ def main(argv=None) -> None:
                 stale += 1
         if rank == 0:
             save_checkpoint(out / "last.pt", ctx, optimizer, epoch, best)
+            save_checkpoint(out / f"epoch-{epoch}.pt", ctx, None, epoch, best)  # equal-budget comparisons
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row))
