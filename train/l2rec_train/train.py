@@ -330,12 +330,15 @@ def main(argv=None) -> None:
             print(f"resumed after epoch {state['epoch']}; best so far {best}")
     if start == 0 and cfg.train.warmup_epochs > 0:
         # Every rank runs the same deterministic warmup, so replicas stay identical.
-        for row in warmup_heads(ctx, cfg.train.warmup_epochs):
+        rows = warmup_heads(ctx, cfg.train.warmup_epochs)
+        for row in rows:
             if rank == 0:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-        if rank == 0:  # the heads-only model, for ablations (python -m l2rec_train.eval --checkpoint)
+        best = {"NDCG@10": max(row["valid_NDCG@10"] for row in rows), "epoch": -1}  # -1: warmup
+        if rank == 0:  # the heads-only model: a candidate for best.pt, and an ablation
             save_checkpoint(out / "warmup.pt", ctx, None, -1, best)
+            save_checkpoint(out / "best.pt", ctx, None, -1, best)
     net = DDP(ctx.model, broadcast_buffers=False) if distributed else ctx.model
 
     stale = 0
