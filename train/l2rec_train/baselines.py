@@ -10,7 +10,9 @@ ties by lower catalog row (`metrics.py`). So every number that a table puts
 next to ours is computed here with `metrics.ranks` on full-catalog scores
 from the model, and model selection (early stopping, best epoch) uses that
 validation NDCG@10 too. RecBole's own validation and test numbers for the
-selected model are kept for reference (`recbole_valid`, `recbole_test`).
+selected model are kept for reference (`recbole_valid`, `recbole_test`); for
+Pop and BPR (general models) RecBole excludes the history too, so those agree
+with ours up to tie-breaking.
 
 Writes `<out>/<MODEL>.json` per model and `<out>/baselines.json` with all of
 them; prints the combined JSON. Runs on one CPU thread.
@@ -35,13 +37,14 @@ import torch
 from . import data, metrics, paths
 
 # RecBole's defaults for these models (properties/model/*.yaml) are kept, except
-# what the protocol fixes and what the CPU budget forces (~25 min for all four
-# on one contended thread; measured there: BPR ~4 s an epoch, GRU4Rec ~70 s,
-# SASRec ~150 s). The sequential models train on batches of 256 instead of
-# RecBole's 2048: 8x the updates per epoch for about the same time (SASRec's
-# paper used 128), so a few epochs get much further. Pop counts training items
-# only: with RecBole's default negative sampling it would count the sampled
-# negatives as well (and see `_pop_count`).
+# what the protocol fixes and what the CPU budget forces: ~25 min for all four
+# on one thread of a 2-core machine shared with a training run, where an epoch
+# took BPR ~0.7 s, GRU4Rec ~75 s and SASRec ~150-210 s. The sequential models
+# are capped at a few epochs (still improving there: `--epochs` runs longer) and
+# train on batches of 256 instead of RecBole's 2048: 8x the updates per epoch
+# for less time per epoch on this CPU (SASRec's paper used 128). Pop counts
+# training items only: with RecBole's default negative sampling it would count
+# the sampled negatives as well (and see `_pop_count`).
 MODELS = {
     "Pop": {"train_neg_sample_args": None},
     "BPR": {},

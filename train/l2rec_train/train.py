@@ -368,10 +368,14 @@ def main(argv=None) -> None:
         ctx.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
     result = {"best": best}
     result["valid"], _ = evaluate(ctx, "valid")
+    test_ranks = None
     if not args.no_test:
-        result["test"], _ = evaluate(ctx, "test")
+        result["test"], test_ranks = evaluate(ctx, "test")
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        if test_ranks is not None:  # per user, to compare with the runtime's `l2rec eval --per-user`
+            ranks_by_user = dict(zip(ctx.trained_user_ids, test_ranks.astype(int).tolist()))
+            (out / "test-ranks.json").write_text(json.dumps(ranks_by_user) + "\n")
         print(json.dumps(result))
         if not args.no_export and cfg.fusion == "adaptive":
             from .export import export_bundle

@@ -3,6 +3,8 @@
 import pytest
 
 pytest.importorskip("recbole")
+# RecBole passes torch tensors through numpy functions; numpy 2 deprecates how torch wraps the result.
+pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")
 
 
 @pytest.mark.parametrize("model", ["BPR", "SASRec"])  # RecBole's general and sequential datasets
