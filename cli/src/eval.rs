@@ -191,7 +191,10 @@ fn rank_target(
         user: history.user.clone(),
         target: model.item_id(target).to_owned(),
         rank: hits.iter().position(|h| h.row == target),
-        top: hits.iter().map(|h| model.item_id(h.row).to_owned()).collect(),
+        top: hits
+            .iter()
+            .map(|h| model.item_id(h.row).to_owned())
+            .collect(),
         u: pref.u,
     })
 }

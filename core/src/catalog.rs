@@ -138,9 +138,11 @@ fn parse_histories(file: &Path, rows: &HashMap<&str, u32>) -> Result<Vec<History
 
 /// RecBole's time-order key: `(t - min) / (max - min)` in f64, rounded to f32.
 fn recbole_time_key(times: &[f64]) -> impl Fn(f64) -> f32 + use<> {
-    let (min, max) = times.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), t| {
-        (lo.min(*t), hi.max(*t))
-    });
+    let (min, max) = times
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), t| {
+            (lo.min(*t), hi.max(*t))
+        });
     move |t| {
         if max > min {
             ((t - min) / (max - min)) as f32

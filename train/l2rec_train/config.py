@@ -47,6 +47,7 @@ class TrainConfig:
     threads: int = 0  # torch threads per process (0: leave torch's default)
     state_batch_tokens: int = 4096  # padded tokens per batch when building state caches
     warmup_epochs: int = 0  # heads-only epochs on cached base-model states before the LoRA epochs
+    lr_warmup: float = 0.0  # heads' learning rate during the warmup (0: lr)
     bias_init: str = "popularity"  # item bias at start: "popularity" (log counts of training items) or "zero"
     windows: str = "last"  # training windows per user: "last" or "all" (data.training_windows)
 

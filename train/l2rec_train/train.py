@@ -232,7 +232,7 @@ def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict
     model, cfg, split = ctx.model, ctx.cfg, ctx.split
     before, last, _, targets = base_states(ctx)
     heads = [p for n, p in model.named_parameters() if not n.startswith(("experts.", "gates.", "phi."))]
-    optimizer = torch.optim.AdamW(heads, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(heads, lr=cfg.train.lr_warmup or cfg.train.lr, weight_decay=cfg.train.weight_decay)
     users = np.array(list(ctx.users))
     valid_states = {v: x[torch.from_numpy(ctx.valid_index)] for v, x in last.items()}
     exclude = [split.seen_items(int(u), "valid") for u in users]
