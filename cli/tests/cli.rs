@@ -101,3 +101,69 @@ fn demo_with_an_unknown_user_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user 99999"));
 }
+
+/// The trained bundle the demo serves by default, committed in `bundles/`.
+fn default_bundle() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/ml-100k")
+}
+
+#[test]
+fn the_committed_default_bundle_verifies() {
+    let out = l2rec(&["inspect", default_bundle().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("items: 1682"));
+}
+
+#[test]
+fn eval_prints_the_protocol_metrics_and_per_user_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let per_user = dir.path().join("per-user.jsonl");
+    let out = l2rec(&[
+        "eval",
+        "--bundle",
+        default_bundle().to_str().unwrap(),
+        "--user-ids",
+        "1,2,3",
+        "--json",
+        "--per-user",
+        per_user.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["users"], 3);
+    for key in ["HR@10", "NDCG@10", "HR@20", "NDCG@20"] {
+        let v = report[key].as_f64().expect(key);
+        assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&per_user)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert_eq!(line["top"].as_array().unwrap().len(), 20);
+        assert_eq!(line["u"].as_array().unwrap().len(), 64);
+    }
+    // HR@20 is the share of users whose target made the top 20.
+    let hr20 = lines.iter().filter(|l| !l["rank"].is_null()).count() as f64 / 3.0;
+    assert!((report["HR@20"].as_f64().unwrap() - hr20).abs() < 1e-12);
+
+    let out = l2rec(&[
+        "eval",
+        "--bundle",
+        default_bundle().to_str().unwrap(),
+        "--user-ids",
+        "nobody",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user nobody"));
+}

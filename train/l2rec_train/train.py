@@ -321,6 +321,7 @@ def main(argv=None) -> None:
     ctx = build_context(cfg)
     optimizer = make_optimizer(ctx.model, cfg)
     start, best = 0, {"NDCG@10": -1.0, "epoch": -1}
+    valid_of_epoch = {}  # validation metrics measured in this process, by epoch (-1: warmup's best)
     if args.resume and (out / "last.pt").exists():
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
         ctx.model.load_state_dict(state["model"])
@@ -335,7 +336,9 @@ def main(argv=None) -> None:
             if rank == 0:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-        best = {"NDCG@10": max(row["valid_NDCG@10"] for row in rows), "epoch": -1}  # -1: warmup
+        top = max(rows, key=lambda row: row["valid_NDCG@10"])
+        best = {"NDCG@10": top["valid_NDCG@10"], "epoch": -1}  # -1: warmup
+        valid_of_epoch[-1] = {k[len("valid_"):]: v for k, v in top.items() if k.startswith("valid_")}
         if rank == 0:  # the heads-only model: a candidate for best.pt, and an ablation
             save_checkpoint(out / "warmup.pt", ctx, None, -1, best)
             save_checkpoint(out / "best.pt", ctx, None, -1, best)
@@ -347,6 +350,7 @@ def main(argv=None) -> None:
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch == cfg.train.epochs - 1:
             t0 = time.time()
             valid, _ = evaluate(ctx, "valid")
+            valid_of_epoch[epoch] = valid
             row.update({f"valid_{k}": v for k, v in valid.items()}, eval_seconds=time.time() - t0)
             if valid["NDCG@10"] > best["NDCG@10"]:
                 best, stale = {"NDCG@10": valid["NDCG@10"], "epoch": epoch}, 0
@@ -367,7 +371,10 @@ def main(argv=None) -> None:
     if (out / "best.pt").exists():
         ctx.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
     result = {"best": best}
-    result["valid"], _ = evaluate(ctx, "valid")
+    if best["epoch"] in valid_of_epoch:  # measured above on these very weights
+        result["valid"] = valid_of_epoch[best["epoch"]]
+    else:
+        result["valid"], _ = evaluate(ctx, "valid")
     test_ranks = None
     if not args.no_test:
         result["test"], test_ranks = evaluate(ctx, "test")
