@@ -20,7 +20,7 @@ METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
 
 def read_row(spec: str) -> tuple[str, dict]:
-    label, _, source = spec.partition("=")
+    label, _, source = spec.rpartition("=")  # labels may hold "=", paths do not
     file, _, key = source.partition(":")
     obj = json.loads(Path(file).expanduser().read_text())
     for part in filter(None, key.split(".")):
