@@ -103,6 +103,7 @@ fn parse_histories(file: &Path, rows: &HashMap<&str, u32>) -> Result<Vec<History
     let text = read(file)?;
     let mut order: Vec<String> = Vec::new();
     let mut events: HashMap<String, Vec<(f64, u32)>> = HashMap::new();
+    let (mut first, mut last) = (f64::INFINITY, f64::NEG_INFINITY);
     for (n, line) in text.lines().enumerate().skip(1) {
         let bad = |what: &str| CatalogError::Parse {
             file: file.to_owned(),
@@ -115,19 +116,23 @@ fn parse_histories(file: &Path, rows: &HashMap<&str, u32>) -> Result<Vec<History
         };
         let row = *rows.get(item).ok_or_else(|| bad("unknown item id"))?;
         let time: f64 = time.parse().map_err(|_| bad("bad timestamp"))?;
+        (first, last) = (first.min(time), last.max(time));
         let list = events.entry(user.to_owned()).or_insert_with(|| {
             order.push(user.to_owned());
             Vec::new()
         });
         list.push((time, row));
     }
-    let times: Vec<f64> = events.values().flatten().map(|&(t, _)| t).collect();
-    let key = recbole_time_key(&times);
     Ok(order
         .into_iter()
         .map(|user| {
-            let mut list = events.remove(&user).unwrap_or_default();
-            list.sort_by(|a, b| key(a.0).total_cmp(&key(b.0)));
+            let mut list: Vec<(f32, u32)> = events
+                .remove(&user)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(t, r)| (recbole_time_key(t, first, last), r))
+                .collect();
+            list.sort_by(|a, b| a.0.total_cmp(&b.0));
             History {
                 user,
                 rows: list.into_iter().map(|(_, r)| r).collect(),
@@ -136,19 +141,12 @@ fn parse_histories(file: &Path, rows: &HashMap<&str, u32>) -> Result<Vec<History
         .collect())
 }
 
-/// RecBole's time-order key: `(t - min) / (max - min)` in f64, rounded to f32.
-fn recbole_time_key(times: &[f64]) -> impl Fn(f64) -> f32 + use<> {
-    let (min, max) = times
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), t| {
-            (lo.min(*t), hi.max(*t))
-        });
-    move |t| {
-        if max > min {
-            ((t - min) / (max - min)) as f32
-        } else {
-            1.0
-        }
+/// RecBole's time-order key: `(t - first) / (last - first)` in f64, rounded to f32.
+fn recbole_time_key(t: f64, first: f64, last: f64) -> f32 {
+    if last > first {
+        ((t - first) / (last - first)) as f32
+    } else {
+        1.0
     }
 }
 

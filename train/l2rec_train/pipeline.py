@@ -122,12 +122,18 @@ def base_view_states(model, pset: PromptSet, n_prompts: int = 32, seed: int = 0)
     for v, vp in pset.views.items():
         states = []
         for s in range(0, len(idx), 8):
-            part = idx[s : s + 8]
-            h, out_index = vp.inputs(part, [vp.ends[i] for i in part])
-            st = model.backbone.run(h, model.first_layer, model.backbone.config.n_layer, None, out_index)
-            states += [st[b, : len(vp.ends[i])] for b, i in enumerate(part)]
+            states += base_states_after_items(model, vp, idx[s : s + 8])
         out[v] = torch.cat(states)
     return out
+
+
+@torch.no_grad()
+def base_states_after_items(model, vp: ViewPrompts, idx: list[int]) -> list[torch.Tensor]:
+    """The base model's (no adapters) states after every item of prompts `idx` of one view,
+    one [n_items, d] tensor per prompt."""
+    h, out_index = vp.inputs(idx, [vp.ends[i] for i in idx])
+    st = model.backbone.run(h, model.first_layer, model.backbone.config.n_layer, None, out_index)
+    return [st[b, : len(vp.ends[i])] for b, i in enumerate(idx)]
 
 
 def compute_text_states(backbone: Backbone, builder: PromptBuilder, n_items: int, batch: int = 64) -> torch.Tensor:

@@ -37,8 +37,8 @@ from .backbone import Backbone
 from .config import Config
 from .data import Catalog, Split
 from .model import L2Rec
-from .pipeline import (PromptSet, base_view_states, bucketed_batches, compute_text_states, prompt_builders,
-                       prompt_set, test_histories, train_histories)
+from .pipeline import (PromptSet, base_states_after_items, base_view_states, bucketed_batches, compute_text_states,
+                       prompt_builders, prompt_set, test_histories, train_histories)
 from .statecache import store_key
 from .tokenizer import Tokenizer
 
@@ -197,31 +197,23 @@ def train_epoch(ctx: Context, net, optimizer, epoch: int) -> dict:
 
 
 @torch.no_grad()
-def base_states(ctx: Context, batch_size: int = 8) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+def base_states(ctx: Context, batch_size: int = 8) -> tuple[dict, dict, torch.Tensor]:
     """The base model's (adapter-free) view states after every item of every training window.
     Experts start with B = 0, so these are exactly what the heads see at step 0. Returns
     (states before each target {view: [N, d]}, states after each window's last item
-    {view: [W, d]} (the validation prompts), target users [N], targets [N])."""
+    {view: [W, d]} (the validation prompts), targets [N])."""
     model, pset = ctx.model, ctx.train_set
     before = {v: [] for v in model.active_views}
     last = {v: [] for v in model.active_views}
-    users, targets = [], []
     for s in tqdm(range(0, len(pset), batch_size), desc="base states", disable=dist_util.rank() != 0):
         idx = list(range(s, min(s + batch_size, len(pset))))
         for v in model.active_views:
-            vp = pset.views[v]
-            h, out_index = vp.inputs(idx, [vp.ends[i] for i in idx])
-            st = model.backbone.run(h, model.first_layer, model.backbone.config.n_layer, None, out_index)
-            for b, i in enumerate(idx):
-                n = len(vp.ends[i])
-                before[v].append(st[b, : n - 1])
-                last[v].append(st[b, n - 1])
-        for i in idx:
-            items = pset.histories.items[i]
-            users += [int(pset.histories.users[i])] * (len(items) - 1)
-            targets += [int(t) for t in items[1:]]
+            for states in base_states_after_items(model, pset.views[v], idx):
+                before[v].append(states[:-1])
+                last[v].append(states[-1])
+    targets = [int(t) for items in pset.histories.items for t in items[1:]]
     return ({v: torch.cat(x) for v, x in before.items()}, {v: torch.stack(x) for v, x in last.items()},
-            torch.tensor(users), torch.tensor(targets))
+            torch.tensor(targets))
 
 
 def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict]:
@@ -230,7 +222,7 @@ def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict
     each, and keeps the epoch with the best validation NDCG@10. The LoRA epochs that follow
     (minutes each) then start from converged heads instead of random ones."""
     model, cfg, split = ctx.model, ctx.cfg, ctx.split
-    before, last, _, targets = base_states(ctx)
+    before, last, targets = base_states(ctx)
     heads = [p for n, p in model.named_parameters() if not n.startswith(("experts.", "gates.", "phi."))]
     optimizer = torch.optim.AdamW(heads, lr=cfg.train.lr_warmup or cfg.train.lr, weight_decay=cfg.train.weight_decay)
     users = np.array(list(ctx.users))
@@ -332,10 +324,9 @@ def main(argv=None) -> None:
     if start == 0 and cfg.train.warmup_epochs > 0:
         # Every rank runs the same deterministic warmup, so replicas stay identical.
         rows = warmup_heads(ctx, cfg.train.warmup_epochs)
-        for row in rows:
-            if rank == 0:
-                with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+        if rank == 0:
+            with open(out / "log.jsonl", "a") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
         top = max(rows, key=lambda row: row["valid_NDCG@10"])
         best = {"NDCG@10": top["valid_NDCG@10"], "epoch": -1}  # -1: warmup
         valid_of_epoch[-1] = {k[len("valid_"):]: v for k, v in top.items() if k.startswith("valid_")}
