@@ -57,7 +57,6 @@ impl From<EngineError> for L2recError {
             EngineError::Invalid(_) => Self::InvalidArgument(message),
             EngineError::UnknownItem(_) => Self::UnknownItem(message),
             EngineError::Cancelled => Self::Cancelled(message),
-            EngineError::Backbone { .. } => Self::Backbone(message),
             EngineError::Model(model) => match model {
                 ModelError::Cancelled | ModelError::Backbone(BackboneError::Cancelled) => {
                     Self::Cancelled(message)

@@ -50,6 +50,38 @@ fn load_avg() -> String {
         .unwrap_or_default()
 }
 
+/// The CPU this runs on (`model name` in /proc/cpuinfo), for the report.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// The x86-64 extensions this binary was compiled to use (portable or native
+/// build, README "Portable builds").
+fn built_for() -> Vec<&'static str> {
+    let mut features = Vec::new();
+    macro_rules! probe {
+        ($($f:tt),*) => { $(if cfg!(target_feature = $f) { features.push($f); })* };
+    }
+    probe!(
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vnni",
+        "avxvnni"
+    );
+    features
+}
+
 fn semantic_prompt(data: &Dataset, items: usize) -> (String, String) {
     let (_, template) = l2rec::zeroshot::default_templates();
     let rows = &data.histories[0].rows;
@@ -157,6 +189,8 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
         "incremental_tokens": appended,
         "incremental_vs_full": incremental / full,
         "load_avg": load_avg(),
+        "cpu": cpu_model(),
+        "built_for": built_for(),
         "cpu_threads_available": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
     if args.json {

@@ -23,11 +23,6 @@ pub enum EngineError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the backbone {path}: {source}")]
-    Backbone {
-        path: PathBuf,
-        source: crate::backbone::BackboneError,
-    },
     #[error("unknown item `{0}`: upsert it first, or give its text with the event to add it as a cold item")]
     UnknownItem(String),
     #[error("invalid argument: {0}")]
@@ -68,6 +63,10 @@ impl Default for Limits {
     }
 }
 
+/// Most llama.cpp threads a session may use (ggml's `GGML_MAX_N_THREADS`:
+/// above it the first decode hangs).
+pub const MAX_THREADS: u32 = 512;
+
 /// How the engine opens.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -90,7 +89,7 @@ impl EngineConfig {
             store_path,
             master_key: None,
             durability: Durability::Immediate,
-            max_events_per_user: 1000,
+            max_events_per_user: crate::store::DEFAULT_MAX_EVENTS_PER_USER,
             threads: None,
             limits: Limits::default(),
         }
@@ -176,6 +175,44 @@ impl Default for PersonalizeOptions {
     }
 }
 
+impl PersonalizeOptions {
+    /// Most descent steps one call may take (each is a pass over the
+    /// linearized loss, no backbone work).
+    pub const MAX_STEPS: usize = 10_000;
+
+    /// Refuses options that would give NaN losses or save a `phi` no held-back
+    /// loss vouches for.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let invalid = |what: String| Err(EngineError::Invalid(what));
+        if self.steps == 0 || self.steps > Self::MAX_STEPS {
+            return invalid(format!(
+                "personalize steps must be 1 to {}, got {}",
+                Self::MAX_STEPS,
+                self.steps
+            ));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return invalid(format!(
+                "personalize learning_rate must be finite and above 0, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(self.l2.is_finite() && self.l2 >= 0.0) {
+            return invalid(format!(
+                "personalize l2 must be finite and at least 0, got {}",
+                self.l2
+            ));
+        }
+        if !(self.holdout > 0.0 && self.holdout < 1.0) {
+            return invalid(format!(
+                "personalize holdout is the share of targets held back: strictly between 0 and 1, got {}",
+                self.holdout
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PersonalizeReport {
     pub train_loss_before: f32,
@@ -236,8 +273,17 @@ impl Engine {
         progress: ProgressFn,
         cancel: &CancelToken,
     ) -> Result<Self, EngineError> {
-        let manifest_backbone = read_backbone_sha(&config)?;
-        let info = ModelInfo::read(&config.model_path, manifest_backbone.as_deref())?;
+        // The manifest first: the backbone is checked against what the bundle
+        // was trained on before llama.cpp sees it.
+        if let Some(threads) = config.threads {
+            if !(1..=MAX_THREADS).contains(&threads) {
+                return Err(EngineError::Invalid(format!(
+                    "threads must be 1 to {MAX_THREADS} (ggml's limit), got {threads}"
+                )));
+            }
+        }
+        let manifest = Bundle::read_manifest(&config.bundle_dir)?;
+        let info = ModelInfo::read(&config.model_path, Some(&manifest.backbone.sha256))?;
         let backbone_sha256 = info.sha256.clone();
         let backbone = Backbone::open_verified(
             info,
@@ -246,7 +292,7 @@ impl Engine {
                 ..Default::default()
             },
         )?;
-        let bundle = Bundle::open(&config.bundle_dir, backbone.info())?;
+        let bundle = Bundle::open_with(&config.bundle_dir, manifest, backbone.info())?;
         let bundle_id = bundle
             .manifest
             .files
@@ -630,6 +676,7 @@ impl Engine {
         cancel: &CancelToken,
     ) -> Result<PersonalizeReport, EngineError> {
         self.check_id(user)?;
+        options.validate()?;
         let mut model = self.model();
         let history = self.history(&model, user)?;
         let phi0 = self.phi(user)?;
@@ -717,8 +764,7 @@ impl Engine {
             phi_mean: &self.phi_mean,
             l2: options.l2,
         };
-        let (train_before, _) = loss_and_gradient(&problem, &phi0, train);
-        let (_, gradient) = loss_and_gradient(&problem, &phi0, train);
+        let (train_before, gradient) = loss_and_gradient(&problem, &phi0, train);
         let phi = descend(&problem, &phi0, train, options.steps, options.learning_rate);
         let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
         let phi_step = norm(&mut phi.iter().zip(&phi0).map(|(a, b)| a - b));
@@ -803,15 +849,4 @@ impl Engine {
     pub fn flush(&self) -> Result<(), EngineError> {
         Ok(self.store.flush()?)
     }
-}
-
-/// The bundle's backbone sha256, read before anything is loaded, so the model
-/// is checked against what the bundle was trained on.
-fn read_backbone_sha(config: &EngineConfig) -> Result<Option<String>, EngineError> {
-    let path = config.bundle_dir.join("manifest.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(None);
-    };
-    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    Ok(value["backbone"]["sha256"].as_str().map(str::to_owned))
 }

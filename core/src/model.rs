@@ -336,8 +336,6 @@ impl L2Rec {
     /// rows, oldest first; only the last `history.max_items` count.
     pub fn preference(&mut self, phi: &[f32], history: &[u32]) -> Result<Preference, ModelError> {
         let m = &self.bundle.manifest;
-        let active = |view: View| m.views.get(view).k;
-        let active = [active(View::Behavioral), active(View::Semantic)];
         if phi.len() != m.dims.d_phi {
             return Err(ModelError::PhiSize {
                 found: phi.len(),
@@ -349,41 +347,28 @@ impl L2Rec {
         let history = history.to_vec();
         let mut timings = StepTimings::default();
         let mut scales = BTreeMap::new();
-        let mut z = BTreeMap::new();
         let mut states = [Vec::new(), Vec::new()];
-        for (view, k) in View::BOTH.into_iter().zip(active) {
+        for view in View::BOTH {
             let started = Instant::now();
-            let gate = self.bundle.heads.gate(view);
-            let g = kernels::gate(&gate.weight, &gate.bias, phi, k);
+            let g = self.scales(view, phi);
             timings.gate += started.elapsed();
 
             let started = Instant::now();
-            let h = self.view_state(view, &g, &history)?;
+            states[view as usize] = self.view_state(view, &g, &history)?;
             match view {
                 View::Behavioral => timings.behavioral = started.elapsed(),
                 View::Semantic => timings.semantic = started.elapsed(),
             }
             timings.tokens_evaluated += self.sessions[&view].tokens_evaluated_last();
-
-            let started = Instant::now();
-            let proj = self.bundle.heads.proj(view);
-            z.insert(view, kernels::project(&proj.weight, &proj.bias, &h));
-            states[view as usize] = h;
-            timings.heads += started.elapsed();
             scales.insert(view, g);
         }
+        // The same heads as every other caller (cached states, personalization).
         let started = Instant::now();
-        let fusion = &self.bundle.heads.fusion;
-        let fused = kernels::fuse(
-            &fusion.weight,
-            &fusion.bias,
-            &z[&View::Behavioral],
-            &z[&View::Semantic],
-        );
-        timings.heads += started.elapsed();
+        let out = self.heads(&states[0], &states[1]);
+        timings.heads = started.elapsed();
         Ok(Preference {
-            u: fused.u,
-            beta: fused.beta,
+            u: out.u,
+            beta: out.beta,
             scales,
             timings,
             states,

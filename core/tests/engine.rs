@@ -188,6 +188,44 @@ fn bad_arguments_get_typed_errors() {
         e.upsert_items(&items, &mut |_, _| {}, &cancelled),
         Err(EngineError::Cancelled)
     ));
+    let good = PersonalizeOptions::default();
+    let bad = [
+        PersonalizeOptions { steps: 0, ..good },
+        PersonalizeOptions { steps: u32::MAX as usize, ..good },
+        PersonalizeOptions { learning_rate: f32::NAN, ..good },
+        PersonalizeOptions { learning_rate: f32::INFINITY, ..good },
+        PersonalizeOptions { learning_rate: -1e30, ..good },
+        PersonalizeOptions { l2: f32::NAN, ..good },
+        PersonalizeOptions { l2: f32::NEG_INFINITY, ..good },
+        PersonalizeOptions { holdout: f32::NAN, ..good },
+        PersonalizeOptions { holdout: -1.0, ..good },
+        PersonalizeOptions { holdout: 2.0, ..good },
+        PersonalizeOptions { holdout: f32::INFINITY, ..good },
+    ];
+    for options in bad {
+        let got = e.personalize("u", options, &mut |_, _| {}, &CancelToken::default());
+        assert!(
+            matches!(got, Err(EngineError::Invalid(_))),
+            "{options:?}: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn threads_above_ggmls_limit_are_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_small_bundle_with(&dir.path().join("bundle"), 2);
+    for threads in [0, MAX_THREADS + 1, 1_000_000] {
+        let mut config =
+            EngineConfig::new(model_info().path, bundle.clone(), dir.path().join("store"));
+        config.threads = Some(threads);
+        let got = Engine::open(config, &mut |_, _| {}, &CancelToken::default());
+        assert!(
+            matches!(got, Err(EngineError::Invalid(_))),
+            "threads {threads}: {:?}",
+            got.err()
+        );
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-"""Trainer for L2Rec: the model of ../shared/SPEC.md, trained on MovieLens-100K.
+"""Trainer for L2Rec: the model of docs/MODEL.md, trained on MovieLens-100K.
 
 Modules, bottom up: paths (asset cache), data (RecBole's sequential protocol),
 tokenizer (llama.cpp's SPM tokenizer for the Gemma GGUF), backbone (Gemma 3

@@ -29,9 +29,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import gguf
 import numpy as np
@@ -44,10 +44,15 @@ from . import paths
 
 MODULES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 _LAYER_TENSORS = MODULES + (
-    "attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm",
+    "attn_norm",
+    "attn_q_norm",
+    "attn_k_norm",
+    "post_attention_norm",
+    "ffn_norm",
+    "post_ffw_norm",
 )
 
-LoraHook = Callable[[int, str, torch.Tensor], Optional[torch.Tensor]]
+LoraHook = Callable[[int, str, torch.Tensor], torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,24 @@ class GemmaConfig:
 
     def module_shape(self, module: str) -> tuple[int, int]:
         """(n_in, n_out) of `blk.L.<module>.weight`."""
-        d, q, kv, ff = self.n_embd, self.n_head * self.head_dim, self.n_head_kv * self.head_dim, self.n_ff
+        d, q, kv, ff = (
+            self.n_embd,
+            self.n_head * self.head_dim,
+            self.n_head_kv * self.head_dim,
+            self.n_ff,
+        )
         return {
-            "attn_q": (d, q), "attn_k": (d, kv), "attn_v": (d, kv), "attn_output": (q, d),
-            "ffn_gate": (d, ff), "ffn_up": (d, ff), "ffn_down": (ff, d),
+            "attn_q": (d, q),
+            "attn_k": (d, kv),
+            "attn_v": (d, kv),
+            "attn_output": (q, d),
+            "ffn_gate": (d, ff),
+            "ffn_up": (d, ff),
+            "ffn_down": (ff, d),
         }[module]
 
     @staticmethod
-    def from_gguf(reader: gguf.GGUFReader) -> "GemmaConfig":
+    def from_gguf(reader: gguf.GGUFReader) -> GemmaConfig:
         def kv(key, default=None):
             f = reader.fields.get(key)
             return default if f is None else f.contents()
@@ -179,14 +194,22 @@ def apply_rope_neox(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 class Backbone:
     """Frozen Gemma 3 forward pass (f32) over the dequantized weights (all layers, or `layers`)."""
 
-    def __init__(self, model_path: Path | None = None, layers: Optional[range] = None, embeddings: bool = True):
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        layers: range | None = None,
+        embeddings: bool = True,
+    ):
         self.model_path = Path(model_path or paths.backbone_path())
         cache = _dequantized_cache(self.model_path)
         with safe_open(str(cache), framework="pt") as f:
             meta = f.metadata()
-            self.config = GemmaConfig(**{
-                k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta["config"]).items()
-            })
+            self.config = GemmaConfig(
+                **{
+                    k: tuple(v) if isinstance(v, list) else v
+                    for k, v in json.loads(meta["config"]).items()
+                }
+            )
             self.sha256 = meta["sha256"]
             want = range(self.config.n_layer) if layers is None else layers
             self.layers: dict[int, dict[str, torch.Tensor]] = {
@@ -221,7 +244,7 @@ class Backbone:
             ok = ok & (diff < self.config.n_swa)
         return ok
 
-    def _linear(self, il: int, module: str, x: torch.Tensor, lora: Optional[LoraHook]) -> torch.Tensor:
+    def _linear(self, il: int, module: str, x: torch.Tensor, lora: LoraHook | None) -> torch.Tensor:
         y = x @ self.layers[il][module].T
         if lora is not None:
             delta = lora(il, module, x)
@@ -233,8 +256,8 @@ class Backbone:
         self,
         il: int,
         h: torch.Tensor,
-        lora: Optional[LoraHook] = None,
-        q_index: Optional[torch.Tensor] = None,
+        lora: LoraHook | None = None,
+        q_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One transformer block on h [B, T, d] (positions 0..T-1, right padding).
 
@@ -245,7 +268,11 @@ class Backbone:
         c, w = self.config, self.layers[il]
         B, T, _ = h.shape
         x = rms_norm(h, w["attn_norm"], c.eps)
-        xq = x if q_index is None else torch.gather(x, 1, q_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        xq = (
+            x
+            if q_index is None
+            else torch.gather(x, 1, q_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        )
         q_pos = torch.arange(T).expand(B, T) if q_index is None else q_index
         M = xq.shape[1]
 
@@ -262,12 +289,17 @@ class Backbone:
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, *, D]
         mask = self._mask(q_pos, T, il).unsqueeze(1)  # [B, 1, M, T]
         # GQA: query head h reads kv head h // (n_head / n_head_kv), as ggml broadcasts
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=c.attn_scale,
-                                           enable_gqa=c.n_head != c.n_head_kv)
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=c.attn_scale, enable_gqa=c.n_head != c.n_head_kv
+        )
         a = a.transpose(1, 2).reshape(B, M, c.n_head * c.head_dim)
         a = self._linear(il, "attn_output", a, lora)
 
-        h_res = h if q_index is None else torch.gather(h, 1, q_index.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        h_res = (
+            h
+            if q_index is None
+            else torch.gather(h, 1, q_index.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        )
         h = h_res + rms_norm(a, w["post_attention_norm"], c.eps)
         y = rms_norm(h, w["ffn_norm"], c.eps)
         g = F.gelu(self._linear(il, "ffn_gate", y, lora), approximate="tanh")
@@ -281,8 +313,8 @@ class Backbone:
         h: torch.Tensor,
         start: int,
         end: int,
-        lora: Optional[LoraHook] = None,
-        out_index: Optional[torch.Tensor] = None,
+        lora: LoraHook | None = None,
+        out_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Layers [start, end) on h. With end == n_layer the result is the final state
         (after output_norm), at out_index [B, M] positions if given."""
@@ -296,7 +328,10 @@ class Backbone:
         return h
 
     def states(
-        self, tokens: torch.Tensor, lora: Optional[LoraHook] = None, out_index: Optional[torch.Tensor] = None
+        self,
+        tokens: torch.Tensor,
+        lora: LoraHook | None = None,
+        out_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final states for token ids [B, T] (right padded)."""
         return self.run(self.embed(tokens), 0, self.config.n_layer, lora, out_index)

@@ -48,15 +48,30 @@ from . import data, metrics, paths
 MODELS = {
     "Pop": {"train_neg_sample_args": None},
     "BPR": {},
-    "GRU4Rec": {"epochs": 6, "stopping_step": 2, "train_batch_size": 256,
-                "train_neg_sample_args": None, "loss_type": "CE"},
-    "SASRec": {"epochs": 5, "stopping_step": 2, "train_batch_size": 256,
-               "train_neg_sample_args": None, "loss_type": "CE"},
+    "GRU4Rec": {
+        "epochs": 6,
+        "stopping_step": 2,
+        "train_batch_size": 256,
+        "train_neg_sample_args": None,
+        "loss_type": "CE",
+    },
+    "SASRec": {
+        "epochs": 5,
+        "stopping_step": 2,
+        "train_batch_size": 256,
+        "train_neg_sample_args": None,
+        "loss_type": "CE",
+    },
 }
 
 PROTOCOL = {
     "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]},
-    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
+    "eval_args": {
+        "split": {"LS": "valid_and_test"},
+        "order": "TO",
+        "group_by": "user",
+        "mode": "full",
+    },
     "MAX_ITEM_LIST_LENGTH": 50,
     "metrics": ["Hit", "NDCG"],
     "topk": list(metrics.KS),
@@ -130,7 +145,9 @@ def build(model: str, cfg: dict, out_dir: Path):
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
 
-    config = Config(model=model, dataset="ml-100k", config_dict={**cfg, "checkpoint_dir": str(out_dir)})
+    config = Config(
+        model=model, dataset="ml-100k", config_dict={**cfg, "checkpoint_dir": str(out_dir)}
+    )
     # Importing RecBole's models runs sine.py's `torch.autograd.set_detect_anomaly(True)`,
     # which checks every gradient for NaNs and records a stack per op: ~1.5x the training time.
     torch.autograd.set_detect_anomaly(False)
@@ -145,7 +162,9 @@ def split_mismatches(split: data.Split, catalog: data.Catalog, loader, phase: st
     tok_item = ds.field2id_token[ds.iid_field]
     row = catalog.row_of()
     theirs: dict[str, list[int]] = {}
-    for u, i in zip(ds.inter_feat[ds.uid_field].tolist(), ds.inter_feat[ds.iid_field].tolist()):
+    for u, i in zip(
+        ds.inter_feat[ds.uid_field].tolist(), ds.inter_feat[ds.iid_field].tolist(), strict=False
+    ):
         theirs.setdefault(tok_user[u], []).append(row[tok_item[i]])
     ours = split.valid if phase == "valid" else split.test
     bad = sum(theirs.get(uid) != [int(ours[u])] for u, uid in enumerate(split.user_ids))
@@ -164,7 +183,9 @@ class Scorer:
         col = {t: c for c, t in enumerate(dataset.field2id_token[dataset.iid_field])}
         missing = [t for t in catalog.item_ids if t not in col]
         if missing or len(col) != len(catalog) + 1:
-            raise ValueError(f"RecBole's items differ from the catalog (missing e.g. {missing[:3]})")
+            raise ValueError(
+                f"RecBole's items differ from the catalog (missing e.g. {missing[:3]})"
+            )
         self.columns = torch.tensor([col[t] for t in catalog.item_ids])
 
     @torch.no_grad()
@@ -177,9 +198,13 @@ class Scorer:
             inter = batch[0]
             users = [self.user_row[self.tok_user[u]] for u in inter[self.uid_field].tolist()]
             scores = model.full_sort_predict(inter).view(len(users), -1)[:, self.columns]
-            all_ranks.append(metrics.ranks(
-                scores, torch.from_numpy(targets[users]),
-                exclude=[self.split.seen_items(u, phase) for u in users]))
+            all_ranks.append(
+                metrics.ranks(
+                    scores,
+                    torch.from_numpy(targets[users]),
+                    exclude=[self.split.seen_items(u, phase) for u in users],
+                )
+            )
         ranks = torch.cat(all_ranks)
         if len(ranks) != len(self.split):
             raise ValueError(f"{phase}: scored {len(ranks)} users, expected {len(self.split)}")
@@ -208,8 +233,10 @@ def protocol_trainer(base, scorer: Scorer):
 
         def _save_checkpoint(self, epoch, verbose=True, **kwargs):
             self.best_epoch = epoch
-            self.best_state = (copy.deepcopy(self.model.state_dict()),
-                               copy.deepcopy(self.model.other_parameter()))
+            self.best_state = (
+                copy.deepcopy(self.model.state_dict()),
+                copy.deepcopy(self.model.other_parameter()),
+            )
 
         def restore_best(self):
             state, other = self.best_state
@@ -232,15 +259,19 @@ def run(model: str, out_dir: Path, epochs: int | None = None) -> dict:
     cfg = recbole_config(model, epochs)
     config, dataset, (train_data, valid_data, test_data) = build(model, cfg, out_dir)
     catalog, split = data.load()
-    mismatches = {p: split_mismatches(split, catalog, loader, p)
-                  for p, loader in (("valid", valid_data), ("test", test_data))}
+    mismatches = {
+        p: split_mismatches(split, catalog, loader, p)
+        for p, loader in (("valid", valid_data), ("test", test_data))
+    }
     if any(mismatches.values()):
         raise ValueError(f"RecBole's split differs from data.load(): {mismatches} users")
     scorer = Scorer(split, catalog, dataset)
 
     init_seed(config["seed"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = protocol_trainer(get_trainer(config["MODEL_TYPE"], config["model"]), scorer)(config, net)
+    trainer = protocol_trainer(get_trainer(config["MODEL_TYPE"], config["model"]), scorer)(
+        config, net
+    )
     start = time.time()
     trainer.fit(train_data, valid_data, verbose=True, saved=True)
     seconds = time.time() - start
@@ -262,11 +293,19 @@ def run(model: str, out_dir: Path, epochs: int | None = None) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="*", metavar="MODEL", help=f"any of {', '.join(MODELS)} (default: all)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "models", nargs="*", metavar="MODEL", help=f"any of {', '.join(MODELS)} (default: all)"
+    )
     p.add_argument("--out", type=Path, default=paths.cache_dir() / "runs" / "baselines")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="every model's epoch cap instead of MODELS' (Pop always counts once)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="every model's epoch cap instead of MODELS' (Pop always counts once)",
+    )
     args = p.parse_args(argv)
     unknown = set(args.models) - set(MODELS)
     if unknown:

@@ -48,7 +48,9 @@ class TrainConfig:
     state_batch_tokens: int = 4096  # padded tokens per batch when building state caches
     warmup_epochs: int = 0  # heads-only epochs on cached base-model states before the LoRA epochs
     lr_warmup: float = 0.0  # heads' learning rate during the warmup (0: lr)
-    bias_init: str = "popularity"  # item bias at start: "popularity" (log counts of training items) or "zero"
+    bias_init: str = (
+        "popularity"  # item bias at start: "popularity" (log counts of training items) or "zero"
+    )
     windows: str = "last"  # training windows per user: "last" or "all" (data.training_windows)
 
 
@@ -67,7 +69,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        self.views = {v: (c if isinstance(c, ViewConfig) else ViewConfig(**c)) for v, c in self.views.items()}
+        self.views = {
+            v: (c if isinstance(c, ViewConfig) else ViewConfig(**c)) for v, c in self.views.items()
+        }
         if isinstance(self.lora, dict):
             self.lora = LoraConfig(**self.lora)
         if isinstance(self.train, dict):
@@ -82,7 +86,11 @@ class Config:
         if set(self.views) != set(VIEWS):
             raise ValueError(f"views must be exactly {VIEWS}, got {sorted(self.views)}")
         for v, c in self.views.items():
-            if c.experts < 0 or (c.experts == 0 and c.k != 0) or (c.experts > 0 and not 1 <= c.k <= c.experts):
+            if (
+                c.experts < 0
+                or (c.experts == 0 and c.k != 0)
+                or (c.experts > 0 and not 1 <= c.k <= c.experts)
+            ):
                 raise ValueError(f"view {v}: need 1 <= k <= experts, or experts = k = 0")
         bad = [m for m in self.lora.modules if m not in MODULES]
         if bad:
@@ -90,7 +98,9 @@ class Config:
         if self.lora.rank < 1 or not self.lora.layers:
             raise ValueError("lora needs rank >= 1 and at least one layer")
         if self.train.bias_init not in ("popularity", "zero"):
-            raise ValueError(f"train.bias_init must be popularity or zero, got {self.train.bias_init!r}")
+            raise ValueError(
+                f"train.bias_init must be popularity or zero, got {self.train.bias_init!r}"
+            )
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.max_items < 2:
@@ -104,5 +114,5 @@ class Config:
         return asdict(self)
 
     @staticmethod
-    def load(path: str | Path) -> "Config":
+    def load(path: str | Path) -> Config:
         return Config(**json.loads(Path(path).read_text()))

@@ -140,7 +140,9 @@ def load(data_dir: Path | None = None) -> tuple[Catalog, Split]:
     row = catalog.row_of()
     missing = {t for t in item_tokens if t not in row}
     if missing:
-        raise ValueError(f"{len(missing)} interacted items are not in ml-100k.item, e.g. {sorted(missing)[:3]}")
+        raise ValueError(
+            f"{len(missing)} interacted items are not in ml-100k.item, e.g. {sorted(missing)[:3]}"
+        )
     return catalog, leave_one_out(users, [row[t] for t in item_tokens], ts)
 
 

@@ -18,8 +18,9 @@ def init() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
     # Long timeout: rank 0 may spend many minutes building a state cache while others wait.
-    dist.init_process_group(backend=os.environ.get("L2REC_DIST_BACKEND", "gloo"),
-                            timeout=datetime.timedelta(hours=4))
+    dist.init_process_group(
+        backend=os.environ.get("L2REC_DIST_BACKEND", "gloo"), timeout=datetime.timedelta(hours=4)
+    )
     return True
 
 

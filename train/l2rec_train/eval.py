@@ -16,17 +16,28 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist_util
-from .train import evaluate, load_for_inference
+from .context import load_for_inference
+from .train import evaluate
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--phase", choices=["valid", "test"], default="test")
-    p.add_argument("--phi", choices=["user", "mean"], default="user",
-                   help="user: each user's trained phi; mean: phi_mean for everyone")
-    p.add_argument("--exclude", choices=["history", "none"], default="history",
-                   help="remove the user's earlier items from the ranking (history) or not (none)")
+    p.add_argument(
+        "--phi",
+        choices=["user", "mean"],
+        default="user",
+        help="user: each user's trained phi; mean: phi_mean for everyone",
+    )
+    p.add_argument(
+        "--exclude",
+        choices=["history", "none"],
+        default="history",
+        help="remove the user's earlier items from the ranking (history) or not (none)",
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--ranks", default=None, help="also write the per-user target ranks (.npy) here")
     args = p.parse_args(argv)
@@ -40,8 +51,17 @@ def main(argv=None) -> None:
             import numpy as np
 
             np.save(args.ranks, ranks)
-        print(json.dumps({"phase": args.phase, "phi": args.phi, "exclude": args.exclude,
-                          "users": len(ranks), **result}))
+        print(
+            json.dumps(
+                {
+                    "phase": args.phase,
+                    "phi": args.phi,
+                    "exclude": args.exclude,
+                    "users": len(ranks),
+                    **result,
+                }
+            )
+        )
     dist_util.shutdown()
 
 

@@ -1,9 +1,9 @@
 """Writes a trained model as a runtime bundle, exactly as docs/BUNDLE.md lays it out.
 
-    manifest.json, heads.safetensors, items.safetensors, users.safetensors,
-    experts/<view>-<k>.gguf  (llama.cpp LoRA adapters)
+manifest.json, heads.safetensors, items.safetensors, users.safetensors,
+experts/<view>-<k>.gguf  (llama.cpp LoRA adapters)
 
-    python -m l2rec_train.export --checkpoint runs/x/best.pt --out bundles/x
+python -m l2rec_train.export --checkpoint runs/x/best.pt --out bundles/x
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from .backbone import file_sha256
 from .config import Config
+from .context import load_for_inference
 from .data import Catalog
 from .model import L2Rec, LoraExperts
 from .prompts import VIEWS
@@ -66,11 +67,14 @@ def head_tensors(model: L2Rec, phi_mean: torch.Tensor) -> dict[str, torch.Tensor
             out[f"gate.{v}.bias"] = model.gates[v].bias
     out["user.phi_mean"] = phi_mean
     for v in VIEWS:
-        out[f"proj.{v}.weight"], out[f"proj.{v}.bias"] = fold_standardizer(model.proj[v], *model.standardizer_of(v))
+        out[f"proj.{v}.weight"], out[f"proj.{v}.bias"] = fold_standardizer(
+            model.proj[v], *model.standardizer_of(v)
+        )
     out["fusion.weight"] = model.fusion.weight
     out["fusion.bias"] = model.fusion.bias
     out["item.text_proj.weight"], out["item.text_proj.bias"] = fold_standardizer(
-        model.text_proj, *model.standardizer_of("text"))
+        model.text_proj, *model.standardizer_of("text")
+    )
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
@@ -94,7 +98,9 @@ def export_bundle(
     """Writes the bundle into `out` (replaced atomically: built in a sibling directory first)."""
     cfg, bb = model.cfg, model.backbone
     if cfg.fusion != "adaptive":
-        raise ValueError(f"a {cfg.fusion}-only ablation has no SPEC bundle (the runtime always fuses both views)")
+        raise ValueError(
+            f"a {cfg.fusion}-only ablation has no SPEC bundle (the runtime always fuses both views)"
+        )
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -122,15 +128,22 @@ def export_bundle(
     }
     if include_text_state:
         items["item.text_state"] = model.text_states.detach().float().contiguous().clone()
-    save_file(items, str(tmp / "items.safetensors"), metadata={
-        "item_ids": json.dumps(catalog.item_ids, ensure_ascii=False),
-        "item_texts": json.dumps(catalog.texts, ensure_ascii=False),
-    })
+    save_file(
+        items,
+        str(tmp / "items.safetensors"),
+        metadata={
+            "item_ids": json.dumps(catalog.item_ids, ensure_ascii=False),
+            "item_texts": json.dumps(catalog.texts, ensure_ascii=False),
+        },
+    )
     files.append("items.safetensors")
 
     if include_users:
-        save_file({"user.phi": phi.float().contiguous().clone()}, str(tmp / "users.safetensors"),
-                  metadata={"user_ids": json.dumps(user_ids, ensure_ascii=False)})
+        save_file(
+            {"user.phi": phi.float().contiguous().clone()},
+            str(tmp / "users.safetensors"),
+            metadata={"user_ids": json.dumps(user_ids, ensure_ascii=False)},
+        )
         files.append("users.safetensors")
 
     manifest = {
@@ -145,16 +158,29 @@ def export_bundle(
             "n_layer": bb.config.n_layer,
         },
         "views": {
-            v: {"experts": cfg.views[v].experts, "k": cfg.views[v].k,
-                "template": {"prefix": cfg.views[v].template["prefix"], "sep": cfg.views[v].template["sep"]}}
+            v: {
+                "experts": cfg.views[v].experts,
+                "k": cfg.views[v].k,
+                "template": {
+                    "prefix": cfg.views[v].template["prefix"],
+                    "sep": cfg.views[v].template["sep"],
+                },
+            }
             for v in VIEWS
         },
-        "lora": {"rank": cfg.lora.rank, "alpha": float(cfg.lora.alpha), "layers": list(cfg.lora.layers),
-                 "modules": list(cfg.lora.modules)},
+        "lora": {
+            "rank": cfg.lora.rank,
+            "alpha": float(cfg.lora.alpha),
+            "layers": list(cfg.lora.layers),
+            "modules": list(cfg.lora.modules),
+        },
         "dims": {"d": bb.config.n_embd, "d_r": cfg.d_r, "d_phi": cfg.d_phi},
         "history": {"max_items": cfg.max_items},
         "items": {"count": len(catalog)},
-        "files": {rel: {"sha256": _sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size} for rel in files},
+        "files": {
+            rel: {"sha256": _sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size}
+            for rel in files
+        },
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     if out.exists():
@@ -164,17 +190,28 @@ def export_bundle(
 
 
 def main(argv=None) -> None:
-    from .train import load_for_inference  # late: avoids a cycle
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by l2rec_train.train")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="a best.pt or last.pt written by l2rec_train.train"
+    )
     p.add_argument("--out", required=True, help="bundle directory to write (replaced)")
-    p.add_argument("--no-text-state", action="store_true", help="leave item.text_state out (device recomputes)")
+    p.add_argument(
+        "--no-text-state", action="store_true", help="leave item.text_state out (device recomputes)"
+    )
     p.add_argument("--no-users", action="store_true", help="leave users.safetensors out")
     args = p.parse_args(argv)
     ctx = load_for_inference(Path(args.checkpoint))
-    out = export_bundle(ctx.model, ctx.catalog, ctx.trained_user_ids, ctx.trained_user_rows, Path(args.out),
-                        include_text_state=not args.no_text_state, include_users=not args.no_users)
+    out = export_bundle(
+        ctx.model,
+        ctx.catalog,
+        ctx.trained_user_ids,
+        ctx.trained_user_rows,
+        Path(args.out),
+        include_text_state=not args.no_text_state,
+        include_users=not args.no_users,
+    )
     print(out)
 
 

@@ -16,7 +16,7 @@ repeated user-item pairs, so the target itself is never excluded.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,9 @@ import torch
 KS = (10, 20)
 
 
-def ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+def ranks(
+    scores: torch.Tensor, targets: torch.Tensor, exclude: Sequence[np.ndarray] | None = None
+) -> torch.Tensor:
     """Rank of each target among its row's scores [B, N], excluded items removed."""
     s = scores.detach().float().clone()
     if exclude is not None:
@@ -45,5 +47,7 @@ def from_ranks(r: torch.Tensor | np.ndarray, ks: Sequence[int] = KS) -> dict[str
     for k in ks:
         hit = r < k
         out[f"HR@{k}"] = hit.double().mean().item()
-        out[f"NDCG@{k}"] = torch.where(hit, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean().item()
+        out[f"NDCG@{k}"] = (
+            torch.where(hit, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean().item()
+        )
     return out

@@ -14,7 +14,6 @@ one). That is an affine map of h, so export folds it back into SPEC's plain
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch
@@ -44,14 +43,18 @@ def topk_gate(logits: torch.Tensor, k: int) -> torch.Tensor:
 class LoraExperts(nn.Module):
     """K LoRA experts over the adapted weights: A [K, r, n_in], B [K, n_out, r] per (layer, module)."""
 
-    def __init__(self, n_experts: int, rank: int, alpha: float, targets: dict[str, tuple[int, int]]):
+    def __init__(
+        self, n_experts: int, rank: int, alpha: float, targets: dict[str, tuple[int, int]]
+    ):
         super().__init__()
         self.n_experts, self.rank, self.alpha = n_experts, rank, alpha
         self.a = nn.ParameterDict()
         self.b = nn.ParameterDict()
         for key, (n_in, n_out) in targets.items():
             a = torch.empty(n_experts, rank, n_in)
-            for e in range(n_experts):  # PEFT's init: A kaiming-uniform, B zero (start at the base model)
+            for e in range(
+                n_experts
+            ):  # PEFT's init: A kaiming-uniform, B zero (start at the base model)
                 nn.init.kaiming_uniform_(a[e], a=math.sqrt(5))
             self.a[key] = nn.Parameter(a)
             self.b[key] = nn.Parameter(torch.zeros(n_experts, n_out, rank))
@@ -65,7 +68,7 @@ class LoraExperts(nn.Module):
         scale = gates * (self.alpha / self.rank)  # [B, K]
         K, r = self.n_experts, self.rank
 
-        def lora(layer: int, module: str, x: torch.Tensor) -> Optional[torch.Tensor]:
+        def lora(layer: int, module: str, x: torch.Tensor) -> torch.Tensor | None:
             key = self.key(layer, module)
             if key not in self.a:
                 return None
@@ -81,7 +84,9 @@ class L2Rec(nn.Module):
     def __init__(self, cfg: Config, backbone: Backbone, n_users: int, text_states: torch.Tensor):
         super().__init__()
         self.cfg = cfg
-        self.backbone = backbone  # plain attribute: frozen, never in state_dict, never synced by DDP
+        self.backbone = (
+            backbone  # plain attribute: frozen, never in state_dict, never synced by DDP
+        )
         d, d_r, d_phi = backbone.config.n_embd, cfg.d_r, cfg.d_phi
         n_items = text_states.shape[0]
         adapted = any(cfg.views[v].experts > 0 for v in VIEWS)
@@ -89,13 +94,20 @@ class L2Rec(nn.Module):
         self.first_layer = min(cfg.lora.layers) if adapted else backbone.config.n_layer
 
         targets = {
-            LoraExperts.key(L, m): backbone.config.module_shape(m) for L in cfg.lora.layers for m in cfg.lora.modules
+            LoraExperts.key(L, m): backbone.config.module_shape(m)
+            for L in cfg.lora.layers
+            for m in cfg.lora.modules
         }
-        self.experts = nn.ModuleDict({
-            v: LoraExperts(cfg.views[v].experts, cfg.lora.rank, cfg.lora.alpha, targets)
-            for v in VIEWS if cfg.views[v].experts > 0
-        })
-        self.gates = nn.ModuleDict({v: nn.Linear(d_phi, cfg.views[v].experts) for v in self.experts})
+        self.experts = nn.ModuleDict(
+            {
+                v: LoraExperts(cfg.views[v].experts, cfg.lora.rank, cfg.lora.alpha, targets)
+                for v in VIEWS
+                if cfg.views[v].experts > 0
+            }
+        )
+        self.gates = nn.ModuleDict(
+            {v: nn.Linear(d_phi, cfg.views[v].experts) for v in self.experts}
+        )
         self.phi = nn.Embedding(n_users, d_phi)
         self.proj = nn.ModuleDict({v: nn.Linear(d, d_r) for v in VIEWS})
         self.fusion = nn.Linear(3 * d_r, d_r)
@@ -113,7 +125,7 @@ class L2Rec(nn.Module):
     def _init_weights(self) -> None:
         # Inputs are standardized, so this gives z and e entries of variance ~ 1/sqrt(d_r):
         # scores u . e start with unit-order spread.
-        std = self.cfg.d_r ** -0.25 / math.sqrt(self.backbone.config.n_embd)
+        std = self.cfg.d_r**-0.25 / math.sqrt(self.backbone.config.n_embd)
         for lin in list(self.proj.values()) + [self.text_proj]:
             nn.init.normal_(lin.weight, std=std)
             nn.init.zeros_(lin.bias)
@@ -135,16 +147,20 @@ class L2Rec(nn.Module):
 
     # -- SPEC steps -------------------------------------------------------------
 
-    def gate(self, view: str, phi: torch.Tensor) -> Optional[torch.Tensor]:
+    def gate(self, view: str, phi: torch.Tensor) -> torch.Tensor | None:
         if view not in self.experts:
             return None
         return topk_gate(self.gates[view](phi), self.cfg.views[view].k)
 
-    def view_states(self, view: str, phi: torch.Tensor, h_in: torch.Tensor, out_index: torch.Tensor) -> torch.Tensor:
+    def view_states(
+        self, view: str, phi: torch.Tensor, h_in: torch.Tensor, out_index: torch.Tensor
+    ) -> torch.Tensor:
         """Steps 2-4: the perturbed backbone from the cached layer on, states at out_index [B, M]."""
         g = self.gate(view, phi)
         lora = self.experts[view].hook(g) if g is not None else None
-        return self.backbone.run(h_in, self.first_layer, self.backbone.config.n_layer, lora, out_index)
+        return self.backbone.run(
+            h_in, self.first_layer, self.backbone.config.n_layer, lora, out_index
+        )
 
     def standardizer_of(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, inv_sigma) that projection `name` ("text" or a view) reads its input through."""
@@ -172,7 +188,9 @@ class L2Rec(nn.Module):
     def scores(self, u: torch.Tensor) -> torch.Tensor:
         return u @ self.item_vectors().T + self.item_bias
 
-    def user_vectors(self, users: torch.Tensor, inputs: dict, phi: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def user_vectors(
+        self, users: torch.Tensor, inputs: dict, phi: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """u [B, M, d_r] at every requested position; inputs[view] = (h_in [B,T,d], out_index [B,M])."""
         phi = self.phi(users) if phi is None else phi
         return self.preference({v: self.view_states(v, phi, *inputs[v]) for v in self.active_views})

@@ -8,7 +8,6 @@ each user's test history (training items + the validation item, truncated).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -41,28 +40,44 @@ def train_histories(cfg: Config, split: Split, users: range) -> tuple[Histories,
 
 
 def test_histories(cfg: Config, split: Split, users: range) -> Histories:
-    return Histories(np.array(list(users)), [data.truncate(split.test_history(u), cfg.max_items) for u in users])
+    return Histories(
+        np.array(list(users)), [data.truncate(split.test_history(u), cfg.max_items) for u in users]
+    )
 
 
 class ViewPrompts:
     """One view's prompts for a set of histories, with the states entering `layer` cached."""
 
-    def __init__(self, builder: PromptBuilder, histories: Histories, backbone: Backbone, layer: int, name: str,
-                 batch_tokens: int):
+    def __init__(
+        self,
+        builder: PromptBuilder,
+        histories: Histories,
+        backbone: Backbone,
+        layer: int,
+        name: str,
+        batch_tokens: int,
+    ):
         built = [builder.build(h) for h in histories.items]
         self.tokens = [t for t, _ in built]
         self.ends = [e for _, e in built]
         self.backbone, self.layer = backbone, layer
         # Layer 0's input is just the embedding: cheaper to recompute than to store.
-        self.store: Optional[StateStore] = None
+        self.store: StateStore | None = None
         if layer > 0:
-            self.store = StateStore.open_or_build(backbone, layer, self.tokens, f"{builder.view}-{name}",
-                                                  max_tokens=batch_tokens)
+            self.store = StateStore.open_or_build(
+                backbone, layer, self.tokens, f"{builder.view}-{name}", max_tokens=batch_tokens
+            )
 
-    def inputs(self, idx: list[int], positions: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(
+        self, idx: list[int], positions: list[np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_in [B, T, d], out_index [B, M]): states entering the first adapted layer and the
         token positions to read out (right-padded with position 0)."""
-        h = self.store.batch(idx) if self.store is not None else self.backbone.embed(pad([self.tokens[i] for i in idx]))
+        h = (
+            self.store.batch(idx)
+            if self.store is not None
+            else self.backbone.embed(pad([self.tokens[i] for i in idx]))
+        )
         return h, pad(positions)
 
 
@@ -88,18 +103,32 @@ class PromptSet:
         return torch.from_numpy(self.histories.users[idx]), inputs
 
 
-def prompt_builders(cfg: Config, tokenizer: Tokenizer, catalog: Catalog) -> dict[str, PromptBuilder]:
-    return {v: PromptBuilder(tokenizer, catalog, v, Template(**cfg.views[v].template)) for v in VIEWS}
+def prompt_builders(
+    cfg: Config, tokenizer: Tokenizer, catalog: Catalog
+) -> dict[str, PromptBuilder]:
+    return {
+        v: PromptBuilder(tokenizer, catalog, v, Template(**cfg.views[v].template)) for v in VIEWS
+    }
 
 
-def prompt_set(cfg: Config, builders: dict[str, PromptBuilder], histories: Histories, backbone: Backbone,
-               layer: int, name: str) -> PromptSet:
-    views = {v: ViewPrompts(b, histories, backbone, layer, name, cfg.train.state_batch_tokens)
-             for v, b in builders.items()}
+def prompt_set(
+    cfg: Config,
+    builders: dict[str, PromptBuilder],
+    histories: Histories,
+    backbone: Backbone,
+    layer: int,
+    name: str,
+) -> PromptSet:
+    views = {
+        v: ViewPrompts(b, histories, backbone, layer, name, cfg.train.state_batch_tokens)
+        for v, b in builders.items()
+    }
     return PromptSet(histories, views)
 
 
-def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: int = 32) -> list[list[int]]:
+def bucketed_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: int = 32
+) -> list[list[int]]:
     """Shuffled batches of similar-length prompts (less padding): shuffle, sort within buckets of
     `bucket` batches, cut, shuffle the batches."""
     order = rng.permutation(len(lengths))
@@ -114,10 +143,16 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
 
 
 @torch.no_grad()
-def base_view_states(model, pset: PromptSet, n_prompts: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+def base_view_states(
+    model, pset: PromptSet, n_prompts: int = 32, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """The base model's (no adapters) states after every item of a fixed sample of prompts,
     per view: what the view projections see at the start of training."""
-    idx = sorted(np.random.default_rng(seed).choice(len(pset), min(n_prompts, len(pset)), replace=False).tolist())
+    idx = sorted(
+        np.random.default_rng(seed)
+        .choice(len(pset), min(n_prompts, len(pset)), replace=False)
+        .tolist()
+    )
     out = {}
     for v, vp in pset.views.items():
         states = []
@@ -136,7 +171,9 @@ def base_states_after_items(model, vp: ViewPrompts, idx: list[int]) -> list[torc
     return [st[b, : len(vp.ends[i])] for b, i in enumerate(idx)]
 
 
-def compute_text_states(backbone: Backbone, builder: PromptBuilder, n_items: int, batch: int = 64) -> torch.Tensor:
+def compute_text_states(
+    backbone: Backbone, builder: PromptBuilder, n_items: int, batch: int = 64
+) -> torch.Tensor:
     """t_i (SPEC step 7): the base backbone's state for the one-item semantic prompt [i]."""
     out = torch.empty(n_items, backbone.config.n_embd)
     with torch.no_grad():

@@ -51,11 +51,16 @@ def item_string(view: str, catalog: Catalog, row: int) -> str:
 class PromptBuilder:
     """Token ids of one view's prompts, and the index of each item's last sep token."""
 
-    def __init__(self, tokenizer: Tokenizer, catalog: Catalog, view: str, template: Template, check: int = 64):
+    def __init__(
+        self, tokenizer: Tokenizer, catalog: Catalog, view: str, template: Template, check: int = 64
+    ):
         self.tokenizer, self.catalog, self.view, self.template = tokenizer, catalog, view, template
         self.prefix = np.array(tokenizer.encode(template.prefix, add_special=True), dtype=np.int32)
         self.pieces = [
-            np.array(tokenizer.encode(item_string(view, catalog, r) + template.sep, add_special=False), dtype=np.int32)
+            np.array(
+                tokenizer.encode(item_string(view, catalog, r) + template.sep, add_special=False),
+                dtype=np.int32,
+            )
             for r in range(len(catalog))
         ]
         if min(len(p) for p in self.pieces) == 0:
@@ -76,7 +81,9 @@ class PromptBuilder:
         histories = [np.array([r]) for r in rows]
         histories += [rng.integers(0, len(self.catalog), size=5) for _ in range(n)]
         for h in histories:
-            whole = self.tokenizer.encode(self.template.render([item_string(self.view, self.catalog, int(r)) for r in h]))
+            whole = self.tokenizer.encode(
+                self.template.render([item_string(self.view, self.catalog, int(r)) for r in h])
+            )
             if whole != self.build(h)[0].tolist():
                 raise ValueError(
                     f"{self.view} template {self.template!r}: the tokenizer does not cut at item boundaries "

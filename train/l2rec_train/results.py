@@ -33,7 +33,9 @@ def read_row(spec: str) -> tuple[str, dict]:
 
 def markdown(rows: list[tuple[str, dict]]) -> str:
     lines = ["| model | " + " | ".join(METRICS) + " |", "| --- |" + " ---: |" * len(METRICS)]
-    lines += [f"| {label} | " + " | ".join(f"{v[m]:.4f}" for m in METRICS) + " |" for label, v in rows]
+    lines += [
+        f"| {label} | " + " | ".join(f"{v[m]:.4f}" for m in METRICS) + " |" for label, v in rows
+    ]
     return "\n".join(lines)
 
 
@@ -45,9 +47,11 @@ def chart(rows: list[tuple[str, dict]], png: Path) -> None:
 
     labels = [label for label, _ in rows][::-1]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.2), sharey=True)
-    for ax, metric in zip(axes, ("NDCG@10", "HR@10")):
+    for ax, metric in zip(axes, ("NDCG@10", "HR@10"), strict=False):
         values = [v[metric] for _, v in rows][::-1]
-        bars = ax.barh(labels, values, color=["#4c72b0" if "L2Rec" in lb else "#999999" for lb in labels])
+        bars = ax.barh(
+            labels, values, color=["#4c72b0" if "L2Rec" in lb else "#999999" for lb in labels]
+        )
         ax.bar_label(bars, fmt="%.4f", padding=3, fontsize=8)
         ax.set_title(f"{metric}, ml-100k test (full ranking, history excluded)", fontsize=9)
         ax.set_xlim(0, max(values) * 1.25)
@@ -56,7 +60,9 @@ def chart(rows: list[tuple[str, dict]], png: Path) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--row", action="append", required=True, help="LABEL=FILE[:KEY]")
     p.add_argument("--png", default=None, help="also draw the chart here (needs matplotlib)")
     args = p.parse_args(argv)

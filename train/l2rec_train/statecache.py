@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -66,8 +65,9 @@ def pad(prompts: list[np.ndarray], value: int = 0) -> torch.Tensor:
 class StateStore:
     def __init__(self, directory: Path, offsets: np.ndarray, d: int):
         self.directory, self.offsets, self.d = directory, offsets, d
-        self.states = np.memmap(directory / "states.f32", dtype=np.float32, mode="r",
-                                shape=(int(offsets[-1]), d))
+        self.states = np.memmap(
+            directory / "states.f32", dtype=np.float32, mode="r", shape=(int(offsets[-1]), d)
+        )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -93,8 +93,8 @@ class StateStore:
         prompts: list[np.ndarray],
         name: str,
         max_tokens: int = 4096,
-        root: Optional[Path] = None,
-    ) -> "StateStore":
+        root: Path | None = None,
+    ) -> StateStore:
         """The store of `prompts`' states entering `layer`; built (by all ranks) if missing."""
         d = backbone.config.n_embd
         key = store_key(backbone.sha256, layer, prompts)
@@ -112,14 +112,26 @@ def _build(backbone, layer, prompts, directory, offsets, d, max_tokens, name) ->
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
         np.savez(directory / "index.npz", offsets=offsets)
-        np.memmap(directory / "states.f32", dtype=np.float32, mode="w+", shape=(int(offsets[-1]), d)).flush()
+        np.memmap(
+            directory / "states.f32", dtype=np.float32, mode="w+", shape=(int(offsets[-1]), d)
+        ).flush()
     dist_util.barrier()
-    out = np.memmap(directory / "states.f32", dtype=np.float32, mode="r+", shape=(int(offsets[-1]), d))
+    out = np.memmap(
+        directory / "states.f32", dtype=np.float32, mode="r+", shape=(int(offsets[-1]), d)
+    )
     lengths = np.array([len(p) for p in prompts])
     mine = [b for j, b in enumerate(batches_by_length(lengths, max_tokens)) if j % world == rank]
     total = int(sum(lengths[b].sum() for b in mine))
-    with torch.no_grad(), tqdm(total=total, unit="tok", desc=f"states {name} L{layer}",
-                               disable=rank != 0, smoothing=0.05) as bar:
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=total,
+            unit="tok",
+            desc=f"states {name} L{layer}",
+            disable=rank != 0,
+            smoothing=0.05,
+        ) as bar,
+    ):
         for idx in mine:
             tokens = pad([prompts[i] for i in idx])
             h = backbone.run(backbone.embed(tokens), 0, layer).numpy()

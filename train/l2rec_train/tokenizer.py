@@ -33,16 +33,64 @@ _USER_DEFINED = 4
 # (its EOT/EOG "control-looking token" lists); a control token is not cut out of
 # the text when parse_special is false. For Gemma 3 this hits `</s>` (id 212).
 _FORCED_CONTROL = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-    "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "[PAD]", "<end_of_utterance>", "<|eom_id|>", "</s>",
-    "<eos>", "<turn|>", "<|tool_response>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[",
-    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "\u2581<PRE>", "<\uff5cfim\u2581begin\uff5c>",
-    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "\u2581<SUF>", "<\uff5cfim\u2581hole\uff5c>",
-    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "\u2581<MID>", "<\uff5cfim\u2581end\uff5c>",
-    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
-    "<REPO>", "<reponame>", "<|file_sep|>", "<|prefix|>", "<|suffix|>", "<|middle|>",
-    "<|code_prefix|>", "<|code_suffix|>", "<|code_middle|>", "<|calls|>", "<|call|>", "<|flush|>",
-    "<|return|>", "<|constrain|>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "[PAD]",
+    "<end_of_utterance>",
+    "<|eom_id|>",
+    "</s>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
+    "[e~[",
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<PRE>",
+    "\u2581<PRE>",
+    "<\uff5cfim\u2581begin\uff5c>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<SUF>",
+    "\u2581<SUF>",
+    "<\uff5cfim\u2581hole\uff5c>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<MID>",
+    "\u2581<MID>",
+    "<\uff5cfim\u2581end\uff5c>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+    "<|prefix|>",
+    "<|suffix|>",
+    "<|middle|>",
+    "<|code_prefix|>",
+    "<|code_suffix|>",
+    "<|code_middle|>",
+    "<|calls|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|return|>",
+    "<|constrain|>",
 }
 
 
@@ -93,11 +141,11 @@ class Tokenizer:
         self.byte_ids = [self.token_to_id[f"<0x{b:02X}>"] for b in range(256)]
 
     @classmethod
-    def from_gguf(cls, path: str | Path) -> "Tokenizer":
+    def from_gguf(cls, path: str | Path) -> Tokenizer:
         return cls(load_vocab(gguf.GGUFReader(str(path))))
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Tokenizer":
+    def load(cls, path: str | Path | None = None) -> Tokenizer:
         """From the GGUF, through a vocab cache in the work dir (parsing the GGUF takes ~20 s)."""
         from .backbone import file_sha256  # late: backbone imports torch
 
@@ -107,15 +155,30 @@ class Tokenizer:
             z = np.load(cache)
             blob, offs = z["blob"].tobytes(), z["offsets"]
             tokens = [blob[offs[i] : offs[i + 1]].decode("utf-8") for i in range(len(offs) - 1)]
-            return cls(SpmVocab(tokens, z["scores"], z["types"], int(z["bos_id"]), bool(z["add_bos"]),
-                                bool(z["add_space_prefix"])))
+            return cls(
+                SpmVocab(
+                    tokens,
+                    z["scores"],
+                    z["types"],
+                    int(z["bos_id"]),
+                    bool(z["add_bos"]),
+                    bool(z["add_space_prefix"]),
+                )
+            )
         vocab = load_vocab(gguf.GGUFReader(str(path)))
         enc = [t.encode("utf-8") for t in vocab.tokens]
         offsets = np.concatenate([[0], np.cumsum([len(b) for b in enc])]).astype(np.int64)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: DDP ranks may race here
-        np.savez(tmp, blob=np.frombuffer(b"".join(enc), dtype=np.uint8), offsets=offsets, scores=vocab.scores,
-                 types=vocab.types, bos_id=vocab.bos_id, add_bos=vocab.add_bos,
-                 add_space_prefix=vocab.add_space_prefix)
+        np.savez(
+            tmp,
+            blob=np.frombuffer(b"".join(enc), dtype=np.uint8),
+            offsets=offsets,
+            scores=vocab.scores,
+            types=vocab.types,
+            bos_id=vocab.bos_id,
+            add_bos=vocab.add_bos,
+            add_space_prefix=vocab.add_space_prefix,
+        )
         os.replace(tmp, cache)
         return cls(vocab)
 

@@ -20,100 +20,38 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from . import data
 from . import distributed as dist_util
 from . import metrics as M
-from . import paths
-from .backbone import Backbone
 from .config import Config
-from .data import Catalog, Split
+from .context import Context, build_context
+from .export import export_bundle
 from .model import L2Rec
-from .pipeline import (PromptSet, base_states_after_items, base_view_states, bucketed_batches, compute_text_states,
-                       prompt_builders, prompt_set, test_histories, train_histories)
-from .statecache import store_key
-from .tokenizer import Tokenizer
-
-
-@dataclass
-class Context:
-    """Everything built from a config: data, backbone, model, prompt sets."""
-
-    cfg: Config
-    catalog: Catalog
-    split: Split
-    backbone: Backbone
-    builders: dict
-    model: L2Rec
-    users: range  # user rows trained (all, unless train.max_users)
-    train_set: PromptSet
-    valid_index: np.ndarray  # per trained user: its validation prompt in train_set
-
-    @property
-    def trained_user_rows(self) -> list[int]:
-        return list(self.users)
-
-    @property
-    def trained_user_ids(self) -> list[str]:
-        return [self.split.user_ids[u] for u in self.users]
-
-    def test_set(self) -> PromptSet:
-        hist = test_histories(self.cfg, self.split, self.users)
-        return prompt_set(self.cfg, self.builders, hist, self.backbone, self.model.first_layer,
-                          f"test{self.cfg.max_items}")
-
-
-def text_states(backbone: Backbone, builder, n_items: int) -> torch.Tensor:
-    """t_i for the catalog, cached on disk (keyed by backbone and prompts)."""
-    prompts = [builder.build(np.array([r]))[0] for r in range(n_items)]
-    path = paths.work_dir() / f"text-states-{store_key(backbone.sha256, -1, prompts)}.npy"
-    if path.exists():
-        return torch.from_numpy(np.load(path))
-    if dist_util.rank() == 0:
-        t = compute_text_states(backbone, builder, n_items)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, t.numpy())
-        os.replace(tmp, path)
-    dist_util.barrier()
-    return torch.from_numpy(np.load(path))
-
-
-def build_context(cfg: Config, seed_model: bool = True) -> Context:
-    catalog, split = data.load()
-    tokenizer = Tokenizer.load()
-    backbone = Backbone()
-    builders = prompt_builders(cfg, tokenizer, catalog)
-    t = text_states(backbone, builders["semantic"], len(catalog))
-    if seed_model:
-        torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model = L2Rec(cfg, backbone, len(split), t)
-    n = len(split) if cfg.train.max_users <= 0 else min(cfg.train.max_users, len(split))
-    users = range(n)
-    if cfg.train.bias_init == "popularity":
-        seen = np.concatenate([split.train[u] for u in users])
-        model.init_item_bias(np.bincount(seen, minlength=len(catalog)))
-    hist, valid_index = train_histories(cfg, split, users)
-    train_set = prompt_set(cfg, builders, hist, backbone, model.first_layer,
-                           f"train-{cfg.train.windows}{cfg.max_items}")
-    for view, states in base_view_states(model, train_set, seed=cfg.seed).items():
-        model.set_view_statistics(view, states)  # a checkpoint's own statistics replace these on load
-    return Context(cfg, catalog, split, backbone, builders, model, users, train_set, valid_index)
-
+from .pipeline import (
+    PromptSet,
+    base_states_after_items,
+    bucketed_batches,
+)
 
 # -- evaluation -----------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate(ctx: Context, phase: str, pset: Optional[PromptSet] = None, phi: str = "user",
-             exclude: str = "history", batch_size: int = 32, progress: bool = True) -> tuple[dict, np.ndarray]:
+def evaluate(
+    ctx: Context,
+    phase: str,
+    pset: PromptSet | None = None,
+    phi: str = "user",
+    exclude: str = "history",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[dict, np.ndarray]:
     """HR/NDCG@{10,20} on the valid or test targets of the trained users (ranks are sharded
     over DDP ranks and summed). phi="mean" scores everyone with phi_mean (no personalization)."""
     model, split = ctx.model, ctx.split
@@ -130,15 +68,21 @@ def evaluate(ctx: Context, phase: str, pset: Optional[PromptSet] = None, phi: st
         raise ValueError(phase)
     phi_mean = model.phi.weight[torch.from_numpy(users)].mean(0)
     r_all = torch.zeros(len(users), dtype=torch.float64)
-    mine = np.arange(len(users))[dist_util.rank()::dist_util.world_size()]
-    for s in tqdm(range(0, len(mine), batch_size), desc=f"eval {phase}", leave=False,
-                  disable=not progress or dist_util.rank() != 0):
+    mine = np.arange(len(users))[dist_util.rank() :: dist_util.world_size()]
+    for s in tqdm(
+        range(0, len(mine), batch_size),
+        desc=f"eval {phase}",
+        leave=False,
+        disable=not progress or dist_util.rank() != 0,
+    ):
         j = mine[s : s + batch_size]
         u_rows, inputs = pset.last_state_batch(prompt_of[j].tolist())
         ph = phi_mean.expand(len(j), -1) if phi == "mean" else None
         u = model.user_vectors(u_rows, inputs, phi=ph)[:, 0]
         excl = [split.seen_items(int(x), phase) for x in users[j]] if exclude == "history" else None
-        r_all[torch.from_numpy(j)] = M.ranks(model.scores(u), torch.from_numpy(targets[j]), excl).double()
+        r_all[torch.from_numpy(j)] = M.ranks(
+            model.scores(u), torch.from_numpy(targets[j]), excl
+        ).double()
     dist_util.all_reduce_sum(r_all)
     return M.from_ranks(r_all), r_all.numpy()
 
@@ -192,8 +136,13 @@ def train_epoch(ctx: Context, net, optimizer, epoch: int) -> dict:
     stats = torch.tensor([ce_sum, n_sum, tokens], dtype=torch.float64)
     dist_util.all_reduce_sum(stats)
     secs = time.time() - t0
-    return {"train_ce": stats[0].item() / max(stats[1].item(), 1), "targets": int(stats[1]), "steps": len(batches),
-            "padded_tokens": int(stats[2]), "seconds": secs}
+    return {
+        "train_ce": stats[0].item() / max(stats[1].item(), 1),
+        "targets": int(stats[1]),
+        "steps": len(batches),
+        "padded_tokens": int(stats[2]),
+        "seconds": secs,
+    }
 
 
 @torch.no_grad()
@@ -205,15 +154,20 @@ def base_states(ctx: Context, batch_size: int = 8) -> tuple[dict, dict, torch.Te
     model, pset = ctx.model, ctx.train_set
     before = {v: [] for v in model.active_views}
     last = {v: [] for v in model.active_views}
-    for s in tqdm(range(0, len(pset), batch_size), desc="base states", disable=dist_util.rank() != 0):
+    for s in tqdm(
+        range(0, len(pset), batch_size), desc="base states", disable=dist_util.rank() != 0
+    ):
         idx = list(range(s, min(s + batch_size, len(pset))))
         for v in model.active_views:
             for states in base_states_after_items(model, pset.views[v], idx):
                 before[v].append(states[:-1])
                 last[v].append(states[-1])
     targets = [int(t) for items in pset.histories.items for t in items[1:]]
-    return ({v: torch.cat(x) for v, x in before.items()}, {v: torch.stack(x) for v, x in last.items()},
-            torch.tensor(targets))
+    return (
+        {v: torch.cat(x) for v, x in before.items()},
+        {v: torch.stack(x) for v, x in last.items()},
+        torch.tensor(targets),
+    )
 
 
 def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict]:
@@ -223,8 +177,12 @@ def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict
     (minutes each) then start from converged heads instead of random ones."""
     model, cfg, split = ctx.model, ctx.cfg, ctx.split
     before, last, targets = base_states(ctx)
-    heads = [p for n, p in model.named_parameters() if not n.startswith(("experts.", "gates.", "phi."))]
-    optimizer = torch.optim.AdamW(heads, lr=cfg.train.lr_warmup or cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    heads = [
+        p for n, p in model.named_parameters() if not n.startswith(("experts.", "gates.", "phi."))
+    ]
+    optimizer = torch.optim.AdamW(
+        heads, lr=cfg.train.lr_warmup or cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
     users = np.array(list(ctx.users))
     valid_states = {v: x[torch.from_numpy(ctx.valid_index)] for v, x in last.items()}
     exclude = [split.seen_items(int(u), "valid") for u in users]
@@ -236,8 +194,9 @@ def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict
         ce_sum = 0.0
         for s in range(0, len(order), batch_size):
             j = order[s : s + batch_size]
-            ce = torch.nn.functional.cross_entropy(model.scores(model.preference({v: x[j] for v, x in before.items()})),
-                                                   targets[j])
+            ce = torch.nn.functional.cross_entropy(
+                model.scores(model.preference({v: x[j] for v, x in before.items()})), targets[j]
+            )
             optimizer.zero_grad(set_to_none=True)
             ce.backward()
             optimizer.step()
@@ -245,13 +204,23 @@ def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict
         with torch.no_grad():
             model.eval()
             u = model.preference(valid_states)
-            valid = M.from_ranks(M.ranks(model.scores(u), torch.from_numpy(split.valid[users]), exclude))
-        rows.append({"warmup_epoch": epoch, "train_ce": ce_sum / len(targets),
-                     **{f"valid_{k}": v for k, v in valid.items()}})
+            valid = M.from_ranks(
+                M.ranks(model.scores(u), torch.from_numpy(split.valid[users]), exclude)
+            )
+        rows.append(
+            {
+                "warmup_epoch": epoch,
+                "train_ce": ce_sum / len(targets),
+                **{f"valid_{k}": v for k, v in valid.items()},
+            }
+        )
         if dist_util.rank() == 0:
             print(json.dumps(rows[-1]))
         if valid["NDCG@10"] > best:
-            best, best_state = valid["NDCG@10"], {k: v.clone() for k, v in model.state_dict().items()}
+            best, best_state = (
+                valid["NDCG@10"],
+                {k: v.clone() for k, v in model.state_dict().items()},
+            )
     if best_state is not None:
         model.load_state_dict(best_state)
     return rows
@@ -264,19 +233,15 @@ def save_checkpoint(path: Path, ctx: Context, optimizer, epoch: int, best: dict)
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
         "best": best,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        },
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-def load_for_inference(checkpoint: Path) -> Context:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    cfg = Config(**state["config"])
-    ctx = build_context(cfg)
-    ctx.model.load_state_dict(state["model"])
-    return ctx
 
 
 def seed_everything(seed: int) -> None:
@@ -286,11 +251,15 @@ def seed_everything(seed: int) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (overrides config)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads per process (overrides config)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.add_argument("--no-test", action="store_true", help="skip the final test evaluation")
     p.add_argument("--no-export", action="store_true", help="skip writing OUT/bundle")
@@ -329,7 +298,9 @@ def main(argv=None) -> None:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
         top = max(rows, key=lambda row: row["valid_NDCG@10"])
         best = {"NDCG@10": top["valid_NDCG@10"], "epoch": -1}  # -1: warmup
-        valid_of_epoch[-1] = {k[len("valid_"):]: v for k, v in top.items() if k.startswith("valid_")}
+        valid_of_epoch[-1] = {
+            k[len("valid_") :]: v for k, v in top.items() if k.startswith("valid_")
+        }
         if rank == 0:  # the heads-only model: a candidate for best.pt, and an ablation
             save_checkpoint(out / "warmup.pt", ctx, None, -1, best)
             save_checkpoint(out / "best.pt", ctx, None, -1, best)
@@ -351,7 +322,9 @@ def main(argv=None) -> None:
                 stale += 1
         if rank == 0:
             save_checkpoint(out / "last.pt", ctx, optimizer, epoch, best)
-            save_checkpoint(out / f"epoch-{epoch}.pt", ctx, None, epoch, best)  # equal-budget comparisons
+            save_checkpoint(
+                out / f"epoch-{epoch}.pt", ctx, None, epoch, best
+            )  # equal-budget comparisons
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row))
@@ -360,7 +333,9 @@ def main(argv=None) -> None:
             break
 
     if (out / "best.pt").exists():
-        ctx.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
+        ctx.model.load_state_dict(
+            torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"]
+        )
     result = {"best": best}
     if best["epoch"] in valid_of_epoch:  # measured above on these very weights
         result["valid"] = valid_of_epoch[best["epoch"]]
@@ -371,14 +346,18 @@ def main(argv=None) -> None:
         result["test"], test_ranks = evaluate(ctx, "test")
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        if test_ranks is not None:  # per user, to compare with the runtime's `l2rec eval --per-user`
-            ranks_by_user = dict(zip(ctx.trained_user_ids, test_ranks.astype(int).tolist()))
+        if (
+            test_ranks is not None
+        ):  # per user, to compare with the runtime's `l2rec eval --per-user`
+            ranks_by_user = dict(
+                zip(ctx.trained_user_ids, test_ranks.astype(int).tolist(), strict=False)
+            )
             (out / "test-ranks.json").write_text(json.dumps(ranks_by_user) + "\n")
         print(json.dumps(result))
         if not args.no_export and cfg.fusion == "adaptive":
-            from .export import export_bundle
-
-            export_bundle(ctx.model, ctx.catalog, ctx.trained_user_ids, ctx.trained_user_rows, out / "bundle")
+            export_bundle(
+                ctx.model, ctx.catalog, ctx.trained_user_ids, ctx.trained_user_rows, out / "bundle"
+            )
     dist_util.barrier()
     dist_util.shutdown()
 

@@ -12,18 +12,35 @@ import torch
 from l2rec_train import paths
 
 CONFIG = {
-    "name": "ddp-smoke", "seed": 0,
+    "name": "ddp-smoke",
+    "seed": 0,
     "views": {"behavioral": {"experts": 2, "k": 1}, "semantic": {"experts": 2, "k": 2}},
     "lora": {"rank": 2, "alpha": 4.0, "layers": [17], "modules": ["attn_q", "attn_v"]},
-    "d_r": 8, "d_phi": 4, "max_items": 4,
+    "d_r": 8,
+    "d_phi": 4,
+    "max_items": 4,
     "train": {"epochs": 1, "batch_size": 4, "max_users": 8, "max_steps": 2, "threads": 1},
 }
 
 
 def _torchrun(cfg_path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "l2rec_train.train", "--config", str(cfg_path), "--out", str(out), "--no-test", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "l2rec_train.train",
+        "--config",
+        str(cfg_path),
+        "--out",
+        str(out),
+        "--no-test",
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -30,7 +30,9 @@ def test_topk_gate_k_equals_experts_is_softmax_and_has_gradients():
     assert torch.allclose(g, torch.softmax(logits, -1))
     (topk_gate(logits, 2) * torch.arange(4.0)).sum().backward()
     kept = topk_gate(logits, 2).detach() > 0
-    assert (logits.grad[kept] != 0).all() and (logits.grad[~kept] == 0).all()  # only kept logits learn
+    assert (logits.grad[kept] != 0).all() and (
+        logits.grad[~kept] == 0
+    ).all()  # only kept logits learn
 
 
 def test_lora_hook_is_the_weighted_sum_of_experts():
@@ -42,9 +44,9 @@ def test_lora_hook_is_the_weighted_sum_of_experts():
     g = torch.tensor([[0.25, 0.0, 0.75], [0.0, 1.0, 0.0]])
     got = e.hook(g)(5, "attn_q", x)
     a, b = e.a["5_attn_q"], e.b["5_attn_q"]
-    want = torch.stack([
-        sum(g[i, k] * (4.0 / 2) * (x[i] @ a[k].T @ b[k].T) for k in range(3)) for i in range(2)
-    ])
+    want = torch.stack(
+        [sum(g[i, k] * (4.0 / 2) * (x[i] @ a[k].T @ b[k].T) for k in range(3)) for i in range(2)]
+    )
     assert torch.allclose(got, want, atol=1e-5)
     assert e.hook(g)(5, "attn_v", x) is None
 
@@ -67,8 +69,12 @@ def test_last_layer_subset_equals_full_pass(backbone):
         full = backbone.states(tokens)
         idx = torch.tensor([[3, 17, 39], [0, 5, 20]])
         part = backbone.states(tokens, out_index=idx)
-    assert torch.allclose(part, torch.gather(full, 1, idx[..., None].expand(-1, -1, full.shape[-1])),
-                          rtol=1e-4, atol=1e-3)
+    assert torch.allclose(
+        part,
+        torch.gather(full, 1, idx[..., None].expand(-1, -1, full.shape[-1])),
+        rtol=1e-4,
+        atol=1e-3,
+    )
 
 
 def test_teacher_forcing_equals_prefix_prompts(backbone, tokenizer, catalog_split):
@@ -84,7 +90,9 @@ def test_teacher_forcing_equals_prefix_prompts(backbone, tokenizer, catalog_spli
         for b in experts.b.values():
             b.normal_(0, 0.05)
     lora = experts.hook(torch.tensor([[0.3, 0.7]]))
-    b = PromptBuilder(tokenizer, catalog, "semantic", Template(**DEFAULT_TEMPLATES["semantic"]), check=4)
+    b = PromptBuilder(
+        tokenizer, catalog, "semantic", Template(**DEFAULT_TEMPLATES["semantic"]), check=4
+    )
     hist = split.train[1][:4]
     tokens, ends = b.build(hist)
     with torch.no_grad():

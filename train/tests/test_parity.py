@@ -18,16 +18,27 @@ import torch
 
 from l2rec_train import paths
 from l2rec_train import train as trainer
+from l2rec_train.context import load_for_inference
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = {
-    "name": "parity", "seed": 0,
+    "name": "parity",
+    "seed": 0,
     "views": {"behavioral": {"experts": 2, "k": 1}, "semantic": {"experts": 2, "k": 2}},
     "lora": {"rank": 2, "alpha": 4.0, "layers": [17], "modules": ["attn_q", "attn_v"]},
-    "d_r": 16, "d_phi": 4, "max_items": 5,
+    "d_r": 16,
+    "d_phi": 4,
+    "max_items": 5,
     # A large LoRA learning rate so that three steps move the experts enough to matter.
-    "train": {"epochs": 1, "batch_size": 4, "max_users": 8, "max_steps": 3, "threads": 1,
-              "lr": 0.01, "lr_lora": 0.05},
+    "train": {
+        "epochs": 1,
+        "batch_size": 4,
+        "max_users": 8,
+        "max_steps": 3,
+        "threads": 1,
+        "lr": 0.01,
+        "lr_lora": 0.05,
+    },
 }
 
 
@@ -43,7 +54,7 @@ def _runtime_binary() -> Path:
 @torch.no_grad()
 def _trainer_side(checkpoint: Path, k: int = 10) -> dict:
     """user id -> (u, top-k item ids) on the test prompt, history excluded."""
-    ctx = trainer.load_for_inference(checkpoint)
+    ctx = load_for_inference(checkpoint)
     users = list(ctx.users)
     u_rows, inputs = ctx.test_set().last_state_batch(list(range(len(users))))
     u = ctx.model.eval().user_vectors(u_rows, inputs)[:, 0]
@@ -68,8 +79,19 @@ def test_trainer_and_runtime_agree(tmp_path):
     expected = _trainer_side(run / "best.pt")
 
     per_user = tmp_path / "per-user.jsonl"
-    cmd = [str(binary), "eval", "--bundle", str(run / "bundle"), "--json", "--threads", "1",
-           "--user-ids", ",".join(expected), "--per-user", str(per_user)]
+    cmd = [
+        str(binary),
+        "eval",
+        "--bundle",
+        str(run / "bundle"),
+        "--json",
+        "--threads",
+        "1",
+        "--user-ids",
+        ",".join(expected),
+        "--per-user",
+        str(per_user),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["users"] == len(expected)

@@ -109,10 +109,25 @@ impl Bundle {
     /// backbone identity, every listed file's size and sha256, tensor names,
     /// shapes and dtypes, and every expert file.
     pub fn open(dir: &Path, model: &ModelInfo) -> Result<Self, BundleError> {
+        Self::open_with(dir, Self::read_manifest(dir)?, model)
+    }
+
+    /// Reads and parses `dir/manifest.json` alone (format and version
+    /// first), for a caller that needs the bundle's backbone before it loads
+    /// one; [`Bundle::open_with`] then checks the rest.
+    pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
         if !dir.is_dir() {
             return Err(BundleError::NotADirectory(dir.to_owned()));
         }
-        let manifest = read_manifest(dir)?;
+        read_manifest(dir)
+    }
+
+    /// [`Bundle::open`] with a manifest read by [`Bundle::read_manifest`].
+    pub fn open_with(
+        dir: &Path,
+        manifest: Manifest,
+        model: &ModelInfo,
+    ) -> Result<Self, BundleError> {
         check_manifest(dir, &manifest)?;
         check_backbone(&manifest.backbone, model)?;
         check_listed_files(dir, &manifest)?;

@@ -117,17 +117,23 @@ unsafe fn scan_group<E: Elem, const F: bool>(
     g: usize,
     col: &mut Collector,
 ) {
+    // SAFETY: group g lies inside `data` (the caller's contract), so its
+    // first element is in bounds.
     let base = unsafe { data.as_ptr().add(g * d * GROUP) };
     let mut acc = [V::zero(); VECS];
     for (dd, &x) in u.iter().enumerate() {
         let uu = V::splat(x);
+        // SAFETY: dimension dd < d of group g: inside the group's d * GROUP
+        // elements, as is each of its VECS runs of LANES elements below.
         let at = unsafe { base.add(dd * GROUP) };
         for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: see above; j * LANES + LANES <= GROUP.
             *a = madd::<F>(unsafe { E::load8(at.add(j * LANES)) }, uu, *a);
         }
     }
     for (j, a) in acc.iter().enumerate() {
         let row0 = g * GROUP + j * LANES;
+        // SAFETY: rows row0..row0 + LANES belong to group g, inside `bias`.
         let s = a.add(unsafe { V::load(bias.as_ptr().add(row0)) });
         offer_lanes(s, row0, col);
     }
@@ -238,15 +244,21 @@ impl<E: Elem> Tile<'_, E> {
     #[inline(always)]
     unsafe fn run<const F: bool, const NQ: usize>(&self, cols: &mut [Collector]) {
         let d = self.d;
+        // SAFETY: group g and queries q..q+NQ are in bounds (the caller's
+        // contract), so both starting points are inside their slices.
         let base = unsafe { self.data.as_ptr().add(self.g * d * GROUP + self.v * LANES) };
+        // SAFETY: as above.
         let qbase = unsafe { self.packed.as_ptr().add(self.q * d) };
         let mut acc = [[V::zero(); NQ]; TILE_VECS];
         for dd in 0..d {
             let mut e = [V::zero(); TILE_VECS];
             for (j, ej) in e.iter_mut().enumerate() {
+                // SAFETY: dd < d and v + j < VECS keep the eight elements
+                // inside group g.
                 *ej = unsafe { E::load8(base.add(dd * GROUP + j * LANES)) };
             }
             for i in 0..NQ {
+                // SAFETY: query q + i < q + NQ is in bounds and dd < d.
                 let uu = V::splat(unsafe { *qbase.add(i * d + dd) });
                 for (row, &ej) in acc.iter_mut().zip(&e) {
                     row[i] = madd::<F>(ej, uu, row[i]);
@@ -255,6 +267,7 @@ impl<E: Elem> Tile<'_, E> {
         }
         for (j, row) in acc.iter().enumerate() {
             let row0 = self.g * GROUP + (self.v + j) * LANES;
+            // SAFETY: rows row0..row0 + LANES belong to group g, inside `bias`.
             let bias = unsafe { V::load(self.bias.as_ptr().add(row0)) };
             for (i, a) in row.iter().enumerate() {
                 offer_lanes(a.add(bias), row0, &mut cols[self.q + i]);

@@ -1,13 +1,14 @@
 //! Eight f32 lanes: AVX2/FMA/F16C intrinsics where the build enables them
-//! (desktop builds use `-C target-cpu=native`), plain arrays elsewhere (LLVM
-//! turns those into NEON on phones).
+//! (every x86-64 build: the workspace's baseline is x86-64-v3), plain arrays
+//! elsewhere (LLVM turns those into NEON on phones).
 //!
 //! Every kernel computes a dot product as one fused multiply-add chain in
 //! dimension order, the same chain the WGSL shaders run, so that the CPU and
 //! the GPU produce bit-identical scores and therefore identical rankings.
 
-// The crate denies unsafe code; the SIMD loads and the kernels' pointer
-// arithmetic are the exception, each behind a bounds assertion.
+// The crate denies unsafe code. This file and `cpu.rs` are the kernels'
+// unsafe room (docs/ARCHITECTURE.md): unaligned vector loads from raw
+// pointers and AVX2 intrinsics, each with its `// SAFETY:` reason.
 #![allow(unsafe_code)]
 
 /// Lanes per vector, and rows per catalog block (see `catalog.rs`).
@@ -30,11 +31,13 @@ mod imp {
     impl V {
         #[inline(always)]
         pub fn zero() -> V {
+            // SAFETY: the cfg on this module guarantees the CPU has AVX2, FMA and F16C.
             unsafe { V(_mm256_setzero_ps()) }
         }
 
         #[inline(always)]
         pub fn splat(x: f32) -> V {
+            // SAFETY: the cfg on this module guarantees the CPU has AVX2, FMA and F16C.
             unsafe { V(_mm256_set1_ps(x)) }
         }
 
@@ -42,6 +45,8 @@ mod imp {
         /// `p` must point to eight readable f32.
         #[inline(always)]
         pub unsafe fn load(p: *const f32) -> V {
+            // SAFETY: the caller guarantees eight readable f32 at `p`;
+            // `loadu` has no alignment requirement.
             V(unsafe { _mm256_loadu_ps(p) })
         }
 
@@ -49,34 +54,43 @@ mod imp {
         /// `p` must point to eight readable f16 bit patterns.
         #[inline(always)]
         pub unsafe fn load_f16(p: *const u16) -> V {
-            V(_mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) }))
+            // SAFETY: the caller guarantees eight readable u16 (16 bytes) at
+            // `p`; `loadu` has no alignment requirement; the module's cfg
+            // guarantees F16C.
+            V(unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) })
         }
 
         /// `self * b + c`, rounded once.
         #[inline(always)]
         pub fn mul_add(self, b: V, c: V) -> V {
+            // SAFETY: the cfg on this module guarantees the CPU has AVX2, FMA and F16C.
             unsafe { V(_mm256_fmadd_ps(self.0, b.0, c.0)) }
         }
 
         #[inline(always)]
         pub fn add(self, b: V) -> V {
+            // SAFETY: the cfg on this module guarantees the CPU has AVX2, FMA and F16C.
             unsafe { V(_mm256_add_ps(self.0, b.0)) }
         }
 
         #[inline(always)]
         pub fn mul(self, b: V) -> V {
+            // SAFETY: the cfg on this module guarantees the CPU has AVX2, FMA and F16C.
             unsafe { V(_mm256_mul_ps(self.0, b.0)) }
         }
 
         /// Bit `l` set when lane `l` is `>= thr` (false for NaN).
         #[inline(always)]
         pub fn ge_mask(self, thr: V) -> u32 {
+            // SAFETY: the cfg on this module guarantees the CPU has AVX2, FMA and F16C.
             unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(self.0, thr.0)) as u32 }
         }
 
         #[inline(always)]
         pub fn to_array(self) -> [f32; 8] {
             let mut out = [0.0f32; 8];
+            // SAFETY: `out` is eight writable f32; `storeu` needs no alignment;
+            // the module's cfg guarantees AVX.
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), self.0) };
             out
         }
@@ -108,6 +122,7 @@ mod imp {
         /// `p` must point to eight readable f32.
         #[inline(always)]
         pub unsafe fn load(p: *const f32) -> V {
+            // SAFETY: the caller guarantees eight readable f32 at `p`.
             V(unsafe { p.cast::<[f32; 8]>().read_unaligned() })
         }
 
@@ -115,6 +130,7 @@ mod imp {
         /// `p` must point to eight readable f16 bit patterns.
         #[inline(always)]
         pub unsafe fn load_f16(p: *const u16) -> V {
+            // SAFETY: the caller guarantees eight readable u16 at `p`.
             let h = unsafe { p.cast::<[u16; 8]>().read_unaligned() };
             V(h.map(|b| half::f16::from_bits(b).to_f32()))
         }
@@ -177,6 +193,7 @@ pub trait Elem: Copy + Send + Sync + 'static {
 impl Elem for f32 {
     #[inline(always)]
     unsafe fn load8(p: *const f32) -> V {
+        // SAFETY: forwarded: the caller guarantees eight readable f32.
         unsafe { V::load(p) }
     }
 }
@@ -185,6 +202,7 @@ impl Elem for f32 {
 impl Elem for u16 {
     #[inline(always)]
     unsafe fn load8(p: *const u16) -> V {
+        // SAFETY: forwarded: the caller guarantees eight readable u16.
         unsafe { V::load_f16(p) }
     }
 }
