@@ -4,16 +4,20 @@
 //! `bindings/tests/python/test_portable.py` holds `libl2rec_ffi.so` to the same.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// `scripts/check-portable FILE`.
+fn check_portable(file: &Path) -> Output {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-portable"))
+        .arg(file)
+        .output()
+        .expect("run scripts/check-portable")
+}
 
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn the_l2rec_binary_has_no_amx_instruction() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-portable");
-    let out = Command::new(script)
-        .arg(env!("CARGO_BIN_EXE_l2rec"))
-        .output()
-        .expect("run scripts/check-portable");
+    let out = check_portable(Path::new(env!("CARGO_BIN_EXE_l2rec")));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("no AMX instruction"), "{stderr}");
@@ -35,8 +39,7 @@ fn the_checker_finds_amx_where_there_is_some() {
         .status()
         .expect("run cc");
     assert!(assembled.success(), "cc could not assemble {source:?}");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-portable");
-    let out = Command::new(script).arg(&object).output().unwrap();
+    let out = check_portable(&object);
     assert_eq!(
         out.status.code(),
         Some(1),

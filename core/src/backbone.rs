@@ -154,6 +154,10 @@ impl Default for BackboneConfig {
     }
 }
 
+/// Most llama.cpp threads a session may use (ggml's `GGML_MAX_N_THREADS`:
+/// above it the first decode hangs).
+pub const MAX_THREADS: u32 = 512;
+
 /// Half the cores, at most 4, at least 1; `L2REC_THREADS` overrides.
 ///
 /// ggml's threads spin on barriers: when another process takes one of the cores

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::backbone::MAX_THREADS;
 use crate::backbone::{Backbone, BackboneConfig, ModelInfo};
 use crate::bundle::Bundle;
 use crate::model::{ColdItem, L2Rec, ModelError};
@@ -62,10 +63,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// Most llama.cpp threads a session may use (ggml's `GGML_MAX_N_THREADS`:
-/// above it the first decode hangs).
-pub const MAX_THREADS: u32 = 512;
 
 /// How the engine opens.
 #[derive(Debug, Clone)]
@@ -273,8 +270,6 @@ impl Engine {
         progress: ProgressFn,
         cancel: &CancelToken,
     ) -> Result<Self, EngineError> {
-        // The manifest first: the backbone is checked against what the bundle
-        // was trained on before llama.cpp sees it.
         if let Some(threads) = config.threads {
             if !(1..=MAX_THREADS).contains(&threads) {
                 return Err(EngineError::Invalid(format!(
@@ -282,6 +277,8 @@ impl Engine {
                 )));
             }
         }
+        // The manifest first: the backbone is checked against what the bundle
+        // was trained on before llama.cpp sees it.
         let manifest = Bundle::read_manifest(&config.bundle_dir)?;
         let info = ModelInfo::read(&config.model_path, Some(&manifest.backbone.sha256))?;
         let backbone_sha256 = info.sha256.clone();

@@ -191,16 +191,46 @@ fn bad_arguments_get_typed_errors() {
     let good = PersonalizeOptions::default();
     let bad = [
         PersonalizeOptions { steps: 0, ..good },
-        PersonalizeOptions { steps: u32::MAX as usize, ..good },
-        PersonalizeOptions { learning_rate: f32::NAN, ..good },
-        PersonalizeOptions { learning_rate: f32::INFINITY, ..good },
-        PersonalizeOptions { learning_rate: -1e30, ..good },
-        PersonalizeOptions { l2: f32::NAN, ..good },
-        PersonalizeOptions { l2: f32::NEG_INFINITY, ..good },
-        PersonalizeOptions { holdout: f32::NAN, ..good },
-        PersonalizeOptions { holdout: -1.0, ..good },
-        PersonalizeOptions { holdout: 2.0, ..good },
-        PersonalizeOptions { holdout: f32::INFINITY, ..good },
+        PersonalizeOptions {
+            steps: u32::MAX as usize,
+            ..good
+        },
+        PersonalizeOptions {
+            learning_rate: f32::NAN,
+            ..good
+        },
+        PersonalizeOptions {
+            learning_rate: f32::INFINITY,
+            ..good
+        },
+        PersonalizeOptions {
+            learning_rate: -1e30,
+            ..good
+        },
+        PersonalizeOptions {
+            l2: f32::NAN,
+            ..good
+        },
+        PersonalizeOptions {
+            l2: f32::NEG_INFINITY,
+            ..good
+        },
+        PersonalizeOptions {
+            holdout: f32::NAN,
+            ..good
+        },
+        PersonalizeOptions {
+            holdout: -1.0,
+            ..good
+        },
+        PersonalizeOptions {
+            holdout: 2.0,
+            ..good
+        },
+        PersonalizeOptions {
+            holdout: f32::INFINITY,
+            ..good
+        },
     ];
     for options in bad {
         let got = e.personalize("u", options, &mut |_, _| {}, &CancelToken::default());
