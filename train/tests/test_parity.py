@@ -44,6 +44,9 @@ CONFIG = {
 
 def _runtime_binary() -> Path:
     binary = Path(os.environ.get("L2REC_BIN", REPO / "target" / "release" / "l2rec"))
+    # A relative L2REC_BIN means the repository root, wherever pytest runs from.
+    if not binary.is_absolute():
+        binary = REPO / binary
     if not binary.exists():
         if os.environ.get("L2REC_REQUIRE_RUNTIME") == "1":
             pytest.fail(f"{binary} missing: build it with cargo build --release -p l2rec-cli")
