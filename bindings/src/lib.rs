@@ -12,9 +12,9 @@
 //! [`ProgressListener`]. No panic crosses the boundary: it comes back as
 //! [`L2recError::Internal`].
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use l2rec::engine::{CancelToken, Engine, EngineConfig};
+use l2rec::engine::{CancelToken, Engine, EngineConfig, Progress};
 
 mod background;
 mod error;
@@ -70,17 +70,21 @@ fn reporter(listener: Option<Arc<dyn ProgressListener>>) -> impl FnMut(usize, us
     }
 }
 
-fn check(cancel: &CancelToken) -> Result<(), L2recError> {
-    if cancel.is_cancelled() {
-        return Err(l2rec::engine::EngineError::Cancelled.into());
-    }
-    Ok(())
-}
-
 /// The on-device recommender: one per store, shared by all threads.
 #[derive(uniffi::Object)]
 pub struct Recommender {
-    engine: Arc<Engine>,
+    /// `None` once closed.
+    engine: RwLock<Option<Arc<Engine>>>,
+}
+
+impl Recommender {
+    /// The engine, or `Closed` after `close()`.
+    fn engine(&self) -> Result<Arc<Engine>, L2recError> {
+        let engine = self.engine.read().unwrap_or_else(|p| p.into_inner());
+        engine
+            .clone()
+            .ok_or_else(|| L2recError::Closed("this Recommender was closed: open a new one".into()))
+    }
 }
 
 #[uniffi::export]
@@ -98,9 +102,9 @@ impl Recommender {
         let config: EngineConfig = config.try_into()?;
         let token = cancel.clone();
         spawn("open", cancel, move || {
-            let engine = Engine::open(config, &mut reporter(progress), &token)?;
+            let engine = Engine::open(config, &mut Progress::new(&mut reporter(progress), &token))?;
             Ok(Arc::new(Self {
-                engine: Arc::new(engine),
+                engine: RwLock::new(Some(Arc::new(engine))),
             }))
         })
         .await
@@ -117,10 +121,10 @@ impl Recommender {
         cancel: Option<Arc<CancelHandle>>,
     ) -> Result<(), L2recError> {
         let cancel = token(cancel);
-        let (engine, token) = (Arc::clone(&self.engine), cancel.clone());
+        let (engine, token) = (self.engine()?, cancel.clone());
         spawn("upsert", cancel, move || {
             let items: Vec<_> = items.into_iter().map(Into::into).collect();
-            Ok(engine.upsert_items(&items, &mut reporter(progress), &token)?)
+            Ok(engine.upsert_items(&items, &mut Progress::new(&mut reporter(progress), &token))?)
         })
         .await
     }
@@ -129,7 +133,7 @@ impl Recommender {
     /// `item_text` becomes a cold item; without text it fails with
     /// `UnknownItem`.
     pub async fn observe(&self, user: String, event: Event) -> Result<u64, L2recError> {
-        let engine = Arc::clone(&self.engine);
+        let engine = self.engine()?;
         spawn("observe", CancelToken::default(), move || {
             Ok(engine.observe(&user, &event.into())?)
         })
@@ -137,8 +141,7 @@ impl Recommender {
     }
 
     /// The top `k` items for `user`; a user without events gets the most
-    /// popular ones. The engine cannot stop a recommend midway: a cancelled
-    /// handle is checked before it starts and when it ends.
+    /// popular ones. A cancelled handle stops it, also inside a backbone pass.
     #[uniffi::method(default(options = None, cancel = None))]
     pub async fn recommend(
         &self,
@@ -148,23 +151,28 @@ impl Recommender {
         cancel: Option<Arc<CancelHandle>>,
     ) -> Result<Vec<Recommendation>, L2recError> {
         let cancel = token(cancel);
-        let (engine, token) = (Arc::clone(&self.engine), cancel.clone());
+        let (engine, token) = (self.engine()?, cancel.clone());
         spawn("recommend", cancel, move || {
-            check(&token)?;
             let options = options.map(Into::into).unwrap_or_default();
-            let hits = engine.recommend(&user, k as usize, options)?;
-            check(&token)?;
+            let hits = engine.recommend_cancellable(&user, k as usize, options, &token)?;
             Ok(hits.into_iter().map(Into::into).collect())
         })
         .await
     }
 
     /// Expert scales, view weights, and the history items behind each of the
-    /// top 10 recommendations.
-    pub async fn explain(&self, user: String) -> Result<Explanation, L2recError> {
-        let engine = Arc::clone(&self.engine);
-        spawn("explain", CancelToken::default(), move || {
-            Ok(engine.explain(&user)?.into())
+    /// top 10 recommendations. A cancelled handle stops it, also inside a
+    /// backbone pass.
+    #[uniffi::method(default(cancel = None))]
+    pub async fn explain(
+        &self,
+        user: String,
+        cancel: Option<Arc<CancelHandle>>,
+    ) -> Result<Explanation, L2recError> {
+        let cancel = token(cancel);
+        let (engine, token) = (self.engine()?, cancel.clone());
+        spawn("explain", cancel, move || {
+            Ok(engine.explain_cancellable(&user, &token)?.into())
         })
         .await
     }
@@ -181,11 +189,15 @@ impl Recommender {
         cancel: Option<Arc<CancelHandle>>,
     ) -> Result<PersonalizeReport, L2recError> {
         let cancel = token(cancel);
-        let (engine, token) = (Arc::clone(&self.engine), cancel.clone());
+        let (engine, token) = (self.engine()?, cancel.clone());
         spawn("personalize", cancel, move || {
             let options = options.map(Into::into).unwrap_or_default();
             Ok(engine
-                .personalize(&user, options, &mut reporter(progress), &token)?
+                .personalize(
+                    &user,
+                    options,
+                    &mut Progress::new(&mut reporter(progress), &token),
+                )?
                 .into())
         })
         .await
@@ -193,7 +205,7 @@ impl Recommender {
 
     /// Counts and sizes; takes the model lock, so it waits for a running call.
     pub async fn stats(&self) -> Result<Stats, L2recError> {
-        let engine = Arc::clone(&self.engine);
+        let engine = self.engine()?;
         spawn("stats", CancelToken::default(), move || {
             Ok(engine.stats()?.into())
         })
@@ -203,19 +215,19 @@ impl Recommender {
     /// Destroys the user's key and records (crypto-shredding). Store only:
     /// milliseconds.
     pub fn forget_user(&self, user: String) -> Result<(), L2recError> {
-        guard(|| Ok(self.engine.forget_user(&user)?))
+        guard(|| Ok(self.engine()?.forget_user(&user)?))
     }
 
     /// Everything stored about the user, with float vectors as bytes.
     pub fn export_user(&self, user: String) -> Result<UserExport, L2recError> {
-        guard(|| self.engine.export_user(&user)?.try_into())
+        guard(|| Ok(self.engine()?.export_user(&user)?.into()))
     }
 
     /// Everything stored about the user as pretty-printed JSON, for a data
     /// access request.
     pub fn export_user_json(&self, user: String) -> Result<String, L2recError> {
         guard(|| {
-            let value = self.engine.export_user(&user)?;
+            let value = self.engine()?.export_user(&user)?;
             serde_json::to_string_pretty(&value)
                 .map_err(|e| L2recError::Internal(format!("serializing the export: {e}")))
         })
@@ -224,7 +236,26 @@ impl Recommender {
     /// Writes buffered store writes to disk (needed with `Durability.Batched`
     /// before the app is suspended).
     pub fn flush(&self) -> Result<(), L2recError> {
-        guard(|| Ok(self.engine.flush()?))
+        guard(|| Ok(self.engine()?.flush()?))
+    }
+
+    /// Flushes the store and releases the model and the store (its lock is
+    /// freed once calls already running have finished). Every later call
+    /// fails with `Closed`; closing again does nothing. Use it instead of
+    /// relying on the garbage collector (Kotlin: `close()` via `use {}` also
+    /// frees the object itself).
+    pub fn close(&self) -> Result<(), L2recError> {
+        guard(|| {
+            let engine = self
+                .engine
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            match engine {
+                Some(engine) => Ok(engine.flush()?),
+                None => Ok(()),
+            }
+        })
     }
 }
 
@@ -319,7 +350,8 @@ mod tests {
             "view_states": [{"view": "semantic", "history_hash": "h", "bundle_id": "b",
                              "state": [0.5]}],
         });
-        let e = UserExport::try_from(json).unwrap();
+        let core: l2rec::store::UserExport = serde_json::from_value(json).unwrap();
+        let e = UserExport::from(core);
         let mut phi = 1.0f32.to_le_bytes().to_vec();
         phi.extend((-2.5f32).to_le_bytes());
         assert_eq!(e.phi, Some(phi));
@@ -328,7 +360,8 @@ mod tests {
         assert_eq!(e.view_states[0].state, 0.5f32.to_le_bytes().to_vec());
         let none = serde_json::json!({"user": "u", "encrypted_at_rest": false, "record": null,
                                       "events": [], "view_states": []});
-        assert_eq!(UserExport::try_from(none).unwrap().phi, None);
+        let none: l2rec::store::UserExport = serde_json::from_value(none).unwrap();
+        assert_eq!(UserExport::from(none).phi, None);
     }
 
     #[test]

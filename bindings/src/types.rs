@@ -27,6 +27,9 @@ pub struct Limits {
     pub max_text_bytes: u32,
     pub max_k: u32,
     pub max_items_per_call: u32,
+    /// Longest event kind, in bytes.
+    #[uniffi(default = 64)]
+    pub max_kind_bytes: u32,
 }
 
 /// How to open a `Recommender`. Optional fields left `None` take the
@@ -90,6 +93,7 @@ impl TryFrom<RecommenderConfig> for core::EngineConfig {
             config.limits = core::Limits {
                 max_id_bytes: l.max_id_bytes as usize,
                 max_text_bytes: l.max_text_bytes as usize,
+                max_kind_bytes: l.max_kind_bytes as usize,
                 max_k: l.max_k as usize,
                 max_items_per_call: l.max_items_per_call as usize,
             };
@@ -217,15 +221,16 @@ pub struct Explanation {
 
 impl From<core::Explanation> for Explanation {
     fn from(e: core::Explanation) -> Self {
-        let mut scales = e.expert_scales;
+        let weights = e.view_weight;
         let views = e
-            .view_weight
-            .into_iter()
-            .map(|(view, weight)| ViewExplanation {
+            .expert_scales
+            .map(|view, expert_scales| ViewExplanation {
                 view: view.into(),
-                weight,
-                expert_scales: scales.remove(&view).unwrap_or_default(),
+                weight: weights[view],
+                expert_scales,
             })
+            .iter()
+            .map(|(_, v)| v.clone())
             .collect();
         let reasons = e
             .reasons
@@ -313,7 +318,7 @@ impl From<core::Stats> for Stats {
 }
 
 /// A stored event, as exported.
-#[derive(Debug, Clone, PartialEq, uniffi::Record, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct StoredEvent {
     pub seq: u64,
     pub item_id: String,
@@ -344,47 +349,18 @@ pub struct UserExport {
     pub view_states: Vec<StoredViewState>,
 }
 
-/// The engine's export JSON, as the store writes it.
-#[derive(serde::Deserialize)]
-struct ExportJson {
-    user: String,
-    encrypted_at_rest: bool,
-    record: Option<RecordJson>,
-    events: Vec<StoredEvent>,
-    view_states: Vec<ViewStateJson>,
-}
-
-#[derive(serde::Deserialize)]
-struct RecordJson {
-    phi: Vec<f32>,
-    version: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct ViewStateJson {
-    view: String,
-    history_hash: String,
-    bundle_id: String,
-    state: Vec<f32>,
-}
-
 pub(crate) fn f32_le_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-impl TryFrom<serde_json::Value> for UserExport {
-    type Error = L2recError;
-
-    fn try_from(value: serde_json::Value) -> Result<Self, L2recError> {
-        let e: ExportJson = serde_json::from_value(value).map_err(|e| {
-            L2recError::Internal(format!("the engine's export has an unexpected shape: {e}"))
-        })?;
-        Ok(Self {
+impl From<l2rec::store::UserExport> for UserExport {
+    fn from(e: l2rec::store::UserExport) -> Self {
+        Self {
             user: e.user,
             encrypted_at_rest: e.encrypted_at_rest,
             phi_version: e.record.as_ref().map_or(0, |r| r.version),
             phi: e.record.map(|r| f32_le_bytes(&r.phi)),
-            events: e.events,
+            events: e.events.into_iter().map(Into::into).collect(),
             view_states: e
                 .view_states
                 .into_iter()
@@ -395,6 +371,17 @@ impl TryFrom<serde_json::Value> for UserExport {
                     state: f32_le_bytes(&v.state),
                 })
                 .collect(),
-        })
+        }
+    }
+}
+
+impl From<l2rec::store::ExportedEvent> for StoredEvent {
+    fn from(e: l2rec::store::ExportedEvent) -> Self {
+        Self {
+            seq: e.seq,
+            item_id: e.item_id,
+            timestamp_ms: e.timestamp_ms,
+            kind: e.kind,
+        }
     }
 }

@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 use l2rec::backbone::{
     default_threads, Backbone, BackboneConfig, Expert, ModelInfo, Session, Token,
 };
-use l2rec::catalog::Dataset;
-use l2rec::ffi::llama::{bench_raw_decode, ContextParams};
-use l2rec::lora::{write_random_expert, LoraSpec, MODULES};
+use l2rec::ffi::llama::ContextParams;
+use l2rec::lora::{LoraSpec, MODULES};
 use l2rec::prompt::{ItemRef, View};
+use l2rec_dev::bench_raw_decode;
+use l2rec_dev::movielens::Dataset;
+use l2rec_dev::random::write_random_expert;
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -83,7 +85,7 @@ fn built_for() -> Vec<&'static str> {
 }
 
 fn semantic_prompt(data: &Dataset, items: usize) -> (String, String) {
-    let (_, template) = l2rec::zeroshot::default_templates();
+    let (_, template) = l2rec_dev::zeroshot::default_templates();
     let rows = &data.histories[0].rows;
     let render = |n: usize| {
         let refs = rows[..n].iter().map(|&r| ItemRef {
@@ -130,15 +132,15 @@ fn mixture_time(
 pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(default_threads);
     let info = ModelInfo::read(
-        &l2rec::assets::model_path()?,
-        Some(l2rec::assets::MODEL_SHA256),
+        &l2rec_dev::assets::model_path()?,
+        Some(l2rec_dev::assets::MODEL_SHA256),
     )?;
     let config = BackboneConfig {
         threads: Some(threads),
         ..Default::default()
     };
     let bb = Backbone::open_verified(info.clone(), config.clone())?;
-    let data = Dataset::load_ml100k(&l2rec::assets::ml100k_dir()?)?;
+    let data = Dataset::load_ml100k(&l2rec_dev::assets::ml100k_dir()?)?;
     let (shorter, prompt) = semantic_prompt(&data, args.items);
     let tokens = bb.tokenize(&prompt)?;
     let shorter = bb.tokenize(&shorter)?;

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use l2rec::backbone::{Backbone, BackboneConfig, ModelInfo};
 use l2rec::bundle::{Bundle, BundleWriter, Linear};
-use l2rec::catalog::Dataset;
 use l2rec::engine::*;
-use l2rec::lora::{write_random_expert, LoraSpec, SplitMix};
+use l2rec::lora::LoraSpec;
 use l2rec::prompt::View;
 use l2rec::store::Durability;
+use l2rec_dev::movielens::Dataset;
+use l2rec_dev::random::{write_random_expert, SplitMix};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -49,13 +50,13 @@ fn peak_rss_mb() -> f64 {
 /// on attn_q/attn_v of the top 4 layers and random gates: the shape of a
 /// trained bundle, so personalization has work to do.
 fn bench_bundle(backbone: &Backbone, data: &Dataset, dir: &Path) -> anyhow::Result<PathBuf> {
-    let zero = l2rec::zeroshot::cache_dir(&backbone.info().sha256);
+    let zero = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256);
     if Bundle::open(&zero, backbone.info()).is_err() {
         eprintln!(
             "building the zero-shot bundle first (cached at {})",
             zero.display()
         );
-        l2rec::zeroshot::build(backbone, &data.catalog, &zero, &mut |_, _| true)?;
+        l2rec_dev::zeroshot::build(backbone, &data.catalog, &zero, &mut Progress::none())?;
     }
     let base = Bundle::open(&zero, backbone.info())?;
     let info = backbone.info();
@@ -112,11 +113,7 @@ fn open_engine(
     config.durability = durability;
     config.threads = threads;
     config.master_key = Some([42u8; 32]);
-    Ok(Engine::open(
-        config,
-        &mut |_, _| {},
-        &CancelToken::default(),
-    )?)
+    Ok(Engine::open(config, &mut Progress::none())?)
 }
 
 fn event(item: &str, t: i64) -> EventInput {
@@ -140,9 +137,9 @@ fn observe_p50(engine: &Engine, user: &str, data: &Dataset, n: usize) -> anyhow:
 }
 
 pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
-    let model = l2rec::assets::model_path()?;
-    let info = ModelInfo::read(&model, Some(l2rec::assets::MODEL_SHA256))?;
-    let data = Dataset::load_ml100k(&l2rec::assets::ml100k_dir()?)?;
+    let model = l2rec_dev::assets::model_path()?;
+    let info = ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
+    let data = Dataset::load_ml100k(&l2rec_dev::assets::ml100k_dir()?)?;
     let tmp = tempfile::tempdir()?;
     let bundle = {
         let backbone = Backbone::open_verified(
@@ -191,8 +188,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     let report = engine.personalize(
         "bench",
         PersonalizeOptions::default(),
-        &mut |_, _| {},
-        &CancelToken::default(),
+        &mut Progress::none(),
     )?;
     let personalize = started.elapsed().as_secs_f64() * 1e3;
 

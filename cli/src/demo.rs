@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use l2rec::assets;
 use l2rec::backbone::{Backbone, BackboneConfig, ModelInfo};
 use l2rec::bundle::Bundle;
-use l2rec::catalog::{Dataset, History};
 use l2rec::model::L2Rec;
+use l2rec::progress::Progress;
 use l2rec::prompt::View;
+use l2rec_dev::assets;
+use l2rec_dev::movielens::{Dataset, History};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -75,7 +76,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("bundle: {}", bundle_dir.display());
     let started = Instant::now();
     let mut bar = progress_bar("item text states");
-    let mut model = L2Rec::new(backbone, bundle, &mut bar.callback())?;
+    let mut model = L2Rec::new(
+        backbone,
+        bundle,
+        &mut Progress::reporting(&mut bar.callback()),
+    )?;
     bar.finish();
     println!(
         "bundle {:?}: {}+{} experts, verified in {}, served in {} on the {:?} scorer ({})",
@@ -125,7 +130,7 @@ fn recommend_for(model: &mut L2Rec, data: &Dataset, user: &str, k: usize) -> any
         ms(t.score)
     );
     for view in View::BOTH {
-        let g = &pref.scales[&view];
+        let g = &pref.scales[view];
         if !g.is_empty() {
             println!("  {view} expert scales: {g:.3?}");
         }
@@ -153,13 +158,13 @@ pub fn bundle_rows(model: &L2Rec, data: &Dataset, history: &History) -> Vec<u32>
     history
         .rows
         .iter()
-        .filter_map(|&r| model.row(&data.catalog.ids[r as usize]))
+        .filter_map(|&r| model.items().row(&data.catalog.ids[r as usize]))
         .collect()
 }
 
 /// The cached zero-shot bundle for this backbone, built on first use.
 fn zero_shot_bundle(backbone: &Backbone, data: &Dataset) -> anyhow::Result<PathBuf> {
-    let dir = l2rec::zeroshot::cache_dir(&backbone.info().sha256);
+    let dir = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256);
     if Bundle::open(&dir, backbone.info()).is_ok() {
         return Ok(dir);
     }
@@ -169,7 +174,12 @@ fn zero_shot_bundle(backbone: &Backbone, data: &Dataset) -> anyhow::Result<PathB
     );
     std::fs::create_dir_all(dir.parent().unwrap_or(Path::new(".")))?;
     let mut bar = progress_bar("zero-shot bundle: item text states");
-    l2rec::zeroshot::build(backbone, &data.catalog, &dir, &mut bar.callback())?;
+    l2rec_dev::zeroshot::build(
+        backbone,
+        &data.catalog,
+        &dir,
+        &mut Progress::reporting(&mut bar.callback()),
+    )?;
     bar.finish();
     Ok(dir)
 }
@@ -185,7 +195,7 @@ pub fn progress_bar(label: &'static str) -> Bar {
 }
 
 impl Bar {
-    pub fn callback(&mut self) -> impl FnMut(usize, usize) -> bool + '_ {
+    pub fn callback(&mut self) -> impl FnMut(usize, usize) + '_ {
         move |done, total| {
             let label = self.label;
             let bar = self.bar.get_or_insert_with(|| {
@@ -199,7 +209,6 @@ impl Bar {
                 bar
             });
             bar.set_position(done as u64);
-            true
         }
     }
 

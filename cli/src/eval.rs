@@ -13,11 +13,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use l2rec::assets;
 use l2rec::backbone::{default_threads, Backbone, BackboneConfig, ModelInfo};
 use l2rec::bundle::Bundle;
-use l2rec::catalog::{Dataset, History};
 use l2rec::model::L2Rec;
+use l2rec::progress::Progress;
+use l2rec_dev::assets;
+use l2rec_dev::movielens::{Dataset, History};
 use serde::Serialize;
 
 use crate::demo::{bundle_rows, progress_bar};
@@ -105,7 +106,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let bundle = Bundle::open(&args.bundle, backbone.info())
         .with_context(|| format!("opening bundle {}", args.bundle.display()))?;
     let mut bar = progress_bar("item text states");
-    let mut model = L2Rec::new(backbone, bundle, &mut bar.callback())?;
+    let mut model = L2Rec::new(
+        backbone,
+        bundle,
+        &mut Progress::reporting(&mut bar.callback()),
+    )?;
     bar.finish();
 
     let users = selected_users(&data, args)?;
@@ -189,11 +194,11 @@ fn rank_target(
     let hits = model.top_k(&mut pref, seen, MAX_K)?;
     Ok(UserRank {
         user: history.user.clone(),
-        target: model.item_id(target).to_owned(),
+        target: model.items().id(target).to_owned(),
         rank: hits.iter().position(|h| h.row == target),
         top: hits
             .iter()
-            .map(|h| model.item_id(h.row).to_owned())
+            .map(|h| model.items().id(h.row).to_owned())
             .collect(),
         u: pref.u,
     })

@@ -33,7 +33,7 @@ pub fn run(args: &InspectArgs) -> ExitCode {
 fn inspect(args: &InspectArgs) -> Result<String, String> {
     let model = match &args.model {
         Some(path) => path.clone(),
-        None => l2rec::assets::model_path().map_err(|e| e.to_string())?,
+        None => l2rec_dev::assets::model_path().map_err(|e| e.to_string())?,
     };
     let info = ModelInfo::read(&model, None).map_err(|e| e.to_string())?;
     let bundle = Bundle::open(&args.dir, &info).map_err(|e| e.to_string())?;

@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use l2rec::backbone::{write_f16_copy, ModelInfo};
-use l2rec::lora::{write_random_expert, LoraSpec};
+use l2rec::backbone::ModelInfo;
+use l2rec::lora::LoraSpec;
+use l2rec::progress::Progress;
+use l2rec_dev::f16::write_f16_copy;
+use l2rec_dev::random::write_random_expert;
 
 #[derive(Subcommand)]
 pub enum Tool {
@@ -36,7 +39,7 @@ pub enum Tool {
 }
 
 pub fn run(tool: &Tool) -> anyhow::Result<()> {
-    let model = l2rec::assets::model_path()?;
+    let model = l2rec_dev::assets::model_path()?;
     match tool {
         Tool::RandomExpert {
             out,
@@ -47,7 +50,7 @@ pub fn run(tool: &Tool) -> anyhow::Result<()> {
             seed,
             amplitude,
         } => {
-            let info = ModelInfo::read(&model, Some(l2rec::assets::MODEL_SHA256))?;
+            let info = ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
             let spec = LoraSpec {
                 rank: *rank,
                 alpha: *alpha,
@@ -58,8 +61,8 @@ pub fn run(tool: &Tool) -> anyhow::Result<()> {
             println!("{}", out.display());
         }
         Tool::F16Model { out } => {
-            ModelInfo::read(&model, Some(l2rec::assets::MODEL_SHA256))?;
-            write_f16_copy(&model, out, &mut |_, _| {})?;
+            ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
+            write_f16_copy(&model, out, &mut Progress::none())?;
             println!("{}", out.display());
         }
     }

@@ -1,11 +1,11 @@
-//! The on-device engine: the API the mobile bindings wrap. It composes the
-//! verified backbone and bundle (`model`), the per-user store (`store`) and
-//! personalization (`personalize`); thread-safe (`Send + Sync`).
+//! The on-device engine: the API the mobile bindings wrap. It validates
+//! arguments, holds the model's lock, reads and writes the per-user store,
+//! and delegates the math to `model` and `personalize`; thread-safe
+//! (`Send + Sync`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -13,15 +13,20 @@ use sha2::{Digest, Sha256};
 pub use crate::backbone::MAX_THREADS;
 use crate::backbone::{Backbone, BackboneConfig, ModelInfo};
 use crate::bundle::Bundle;
-use crate::model::{ColdItem, L2Rec, ModelError};
-use crate::personalize::{cross_entropy, descend, loss_and_gradient, Linearization, Problem};
+use crate::model::{ColdItem, L2Rec, ModelError, Preference};
+use crate::per_view::PerView;
+pub use crate::personalize::{PersonalizeOptions, PersonalizeReport};
+pub use crate::progress::{CancelToken, Cancelled, Progress};
 use crate::prompt::View;
-use crate::store::{Durability, Event, Store, StoreConfig, StoreError, StoredItem, UserRecord};
+use crate::store::{
+    Durability, Event, Store, StoreConfig, StoreError, StoredItem, UserExport, UserRecord,
+    ViewStateKey,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(ModelError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("unknown item `{0}`: upsert it first, or give its text with the event to add it as a cold item")]
@@ -30,6 +35,21 @@ pub enum EngineError {
     Invalid(String),
     #[error("cancelled")]
     Cancelled,
+}
+
+impl From<ModelError> for EngineError {
+    fn from(e: ModelError) -> Self {
+        if e.is_cancelled() {
+            return EngineError::Cancelled;
+        }
+        EngineError::Model(e)
+    }
+}
+
+impl From<Cancelled> for EngineError {
+    fn from(_: Cancelled) -> Self {
+        EngineError::Cancelled
+    }
 }
 
 impl From<crate::backbone::BackboneError> for EngineError {
@@ -44,11 +64,12 @@ impl From<crate::bundle::BundleError> for EngineError {
     }
 }
 
-/// Bounds on what callers may pass.
+/// Bounds on what callers may pass (docs/LIMITS.md lists every limit).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_id_bytes: usize,
     pub max_text_bytes: usize,
+    pub max_kind_bytes: usize,
     pub max_k: usize,
     pub max_items_per_call: usize,
 }
@@ -58,11 +79,57 @@ impl Default for Limits {
         Self {
             max_id_bytes: 256,
             max_text_bytes: 2048,
+            max_kind_bytes: 64,
             max_k: 1000,
             max_items_per_call: 100_000,
         }
     }
 }
+
+impl Limits {
+    /// The largest value each limit may be raised to.
+    pub const CEILING: Limits = Limits {
+        max_id_bytes: 4096,
+        max_text_bytes: 65_536,
+        max_kind_bytes: 1024,
+        max_k: 100_000,
+        max_items_per_call: 10_000_000,
+    };
+
+    /// Every limit must be 1 to its [`Limits::CEILING`].
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let c = Self::CEILING;
+        let checks = [
+            ("max_id_bytes", self.max_id_bytes, c.max_id_bytes),
+            ("max_text_bytes", self.max_text_bytes, c.max_text_bytes),
+            ("max_kind_bytes", self.max_kind_bytes, c.max_kind_bytes),
+            ("max_k", self.max_k, c.max_k),
+            (
+                "max_items_per_call",
+                self.max_items_per_call,
+                c.max_items_per_call,
+            ),
+        ];
+        for (name, value, ceiling) in checks {
+            if !(1..=ceiling).contains(&value) {
+                return Err(EngineError::Invalid(format!(
+                    "limits.{name} must be 1 to {ceiling}, got {value}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Event timestamps the engine accepts: years 1 to 9999, in ms since 1970.
+pub const TIMESTAMP_MS_RANGE: std::ops::RangeInclusive<i64> =
+    -62_135_596_800_000..=253_402_300_799_999;
+
+/// The longest flush interval of `Durability::Batched`, in ms.
+pub const MAX_FLUSH_EVERY_MS: u64 = 60_000;
+
+/// The most events a store keeps per user.
+pub const MAX_EVENTS_PER_USER: usize = 100_000;
 
 /// How the engine opens.
 #[derive(Debug, Clone)]
@@ -79,6 +146,34 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// Refuses a config the engine could not serve well: threads outside
+    /// ggml's range, limits at 0 or past their ceiling, a flush interval of 0
+    /// or past a minute, a retention of 0 events or past the maximum.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let invalid = |what: String| Err(EngineError::Invalid(what));
+        if let Some(threads) = self.threads {
+            if !(1..=MAX_THREADS).contains(&threads) {
+                return invalid(format!(
+                    "threads must be 1 to {MAX_THREADS} (ggml's limit), got {threads}"
+                ));
+            }
+        }
+        if let Durability::Batched { flush_every_ms } = self.durability {
+            if !(1..=MAX_FLUSH_EVERY_MS).contains(&flush_every_ms) {
+                return invalid(format!(
+                    "durability Batched flush_every_ms must be 1 to {MAX_FLUSH_EVERY_MS}, got {flush_every_ms}"
+                ));
+            }
+        }
+        if !(1..=MAX_EVENTS_PER_USER).contains(&self.max_events_per_user) {
+            return invalid(format!(
+                "max_events_per_user must be 1 to {MAX_EVENTS_PER_USER}, got {}",
+                self.max_events_per_user
+            ));
+        }
+        self.limits.validate()
+    }
+
     pub fn new(model_path: PathBuf, bundle_dir: PathBuf, store_path: PathBuf) -> Self {
         Self {
             model_path,
@@ -92,23 +187,6 @@ impl EngineConfig {
         }
     }
 }
-
-/// Cancels a long call from another thread.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Progress of a long call: `(done, total)`.
-pub type ProgressFn<'a> = &'a mut dyn FnMut(usize, usize);
 
 /// An item of the host app's catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,84 +222,12 @@ pub struct Recommendation {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Explanation {
     /// Expert scales per view.
-    pub expert_scales: BTreeMap<View, Vec<f32>>,
+    pub expert_scales: PerView<Vec<f32>>,
     /// Mean fusion weight of each view (they sum to 1).
-    pub view_weight: BTreeMap<View, f32>,
+    pub view_weight: PerView<f32>,
     /// For each recommendation, the history items most similar to it in the
     /// scoring space (the ones that pulled it up most).
     pub reasons: Vec<(String, Vec<String>)>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct PersonalizeOptions {
-    pub steps: usize,
-    pub learning_rate: f32,
-    pub l2: f32,
-    /// Share of the user's next-item targets held back to decide whether to save.
-    pub holdout: f32,
-}
-
-impl Default for PersonalizeOptions {
-    fn default() -> Self {
-        Self {
-            steps: 30,
-            learning_rate: 0.5,
-            l2: 0.01,
-            holdout: 0.25,
-        }
-    }
-}
-
-impl PersonalizeOptions {
-    /// Most descent steps one call may take (each is a pass over the
-    /// linearized loss, no backbone work).
-    pub const MAX_STEPS: usize = 10_000;
-
-    /// Refuses options that would give NaN losses or save a `phi` no held-back
-    /// loss vouches for.
-    pub fn validate(&self) -> Result<(), EngineError> {
-        let invalid = |what: String| Err(EngineError::Invalid(what));
-        if self.steps == 0 || self.steps > Self::MAX_STEPS {
-            return invalid(format!(
-                "personalize steps must be 1 to {}, got {}",
-                Self::MAX_STEPS,
-                self.steps
-            ));
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return invalid(format!(
-                "personalize learning_rate must be finite and above 0, got {}",
-                self.learning_rate
-            ));
-        }
-        if !(self.l2.is_finite() && self.l2 >= 0.0) {
-            return invalid(format!(
-                "personalize l2 must be finite and at least 0, got {}",
-                self.l2
-            ));
-        }
-        if !(self.holdout > 0.0 && self.holdout < 1.0) {
-            return invalid(format!(
-                "personalize holdout is the share of targets held back: strictly between 0 and 1, got {}",
-                self.holdout
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PersonalizeReport {
-    pub train_loss_before: f32,
-    pub train_loss_after: f32,
-    pub held_out_loss_before: f32,
-    pub held_out_loss_after: f32,
-    pub saved: bool,
-    pub backbone_passes: usize,
-    /// `|phi_new - phi_old|` and the initial gradient's norm, for diagnosis.
-    pub phi_step: f32,
-    pub gradient_norm: f32,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,9 +246,7 @@ pub struct Engine {
     model: Mutex<L2Rec>,
     store: Store,
     limits: Limits,
-    bundle_items: usize,
     phi_mean: Vec<f32>,
-    max_items: usize,
     bundle_id: String,
     backbone_sha256: String,
     /// Every catalog id, readable while the model lock is held by a long call
@@ -250,7 +254,42 @@ pub struct Engine {
     known_ids: RwLock<HashSet<String>>,
 }
 
-fn history_key(view: View, scales: &[f32], ids: &[String]) -> String {
+/// Ids and kinds are names: no control characters (NUL, newlines, escapes).
+fn no_control_characters(what: &str, value: &str) -> Result<(), EngineError> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(EngineError::Invalid(format!(
+            "{what} contains the control character {c:?}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The locked model while a call's cancel token is watched by its backbone
+/// passes; dropping it stops the watch.
+struct Watched<'e>(MutexGuard<'e, L2Rec>);
+
+impl std::ops::Deref for Watched<'_> {
+    type Target = L2Rec;
+
+    fn deref(&self) -> &L2Rec {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Watched<'_> {
+    fn deref_mut(&mut self) -> &mut L2Rec {
+        &mut self.0
+    }
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.0.watch_cancel(None);
+    }
+}
+
+/// The store's key of a view state: the view, its mixture and the history.
+fn history_key(view: View, scales: &[f32], ids: &[&str]) -> String {
     let mut h = Sha256::new();
     h.update(view.name());
     scales.iter().for_each(|s| h.update(s.to_le_bytes()));
@@ -265,18 +304,8 @@ impl Engine {
     /// Verifies the backbone against the bundle, opens the bundle, the store,
     /// and loads the cold items the store knows. Reports progress while item
     /// text states are computed (bundles that do not ship them).
-    pub fn open(
-        config: EngineConfig,
-        progress: ProgressFn,
-        cancel: &CancelToken,
-    ) -> Result<Self, EngineError> {
-        if let Some(threads) = config.threads {
-            if !(1..=MAX_THREADS).contains(&threads) {
-                return Err(EngineError::Invalid(format!(
-                    "threads must be 1 to {MAX_THREADS} (ggml's limit), got {threads}"
-                )));
-            }
-        }
+    pub fn open(config: EngineConfig, progress: &mut Progress) -> Result<Self, EngineError> {
+        config.validate()?;
         // The manifest first: the backbone is checked against what the bundle
         // was trained on before llama.cpp sees it.
         let manifest = Bundle::read_manifest(&config.bundle_dir)?;
@@ -302,24 +331,12 @@ impl Engine {
             durability: config.durability,
             max_events_per_user: config.max_events_per_user,
         })?;
-        let phi_mean = bundle.heads.phi_mean.clone();
-        let max_items = bundle.manifest.history.max_items;
-        let bundle_items = bundle.items.ids.len();
-        let mut tick = |done: usize, total: usize| {
-            progress(done, total);
-            !cancel.is_cancelled()
-        };
-        let model = L2Rec::new(backbone, bundle, &mut tick).map_err(|e| match e {
-            ModelError::Cancelled => EngineError::Cancelled,
-            other => other.into(),
-        })?;
+        let model = L2Rec::new(backbone, bundle, progress)?;
         let engine = Self {
+            phi_mean: model.phi_mean().to_vec(),
             model: Mutex::new(model),
             store,
             limits: config.limits,
-            bundle_items,
-            phi_mean,
-            max_items,
             bundle_id,
             backbone_sha256,
             known_ids: RwLock::default(),
@@ -336,6 +353,17 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The model, its backbone passes stopped by `cancel` until the guard
+    /// drops (which also releases the lock). Fails at once if `cancel` is set.
+    fn model_watching(&self, cancel: &CancelToken) -> Result<Watched<'_>, EngineError> {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let model = self.model();
+        model.watch_cancel(Some(cancel));
+        Ok(Watched(model))
+    }
+
     fn check_id(&self, id: &str) -> Result<(), EngineError> {
         if id.is_empty() || id.len() > self.limits.max_id_bytes {
             return Err(EngineError::Invalid(format!(
@@ -344,7 +372,7 @@ impl Engine {
                 id.len()
             )));
         }
-        Ok(())
+        no_control_characters("id", id)
     }
 
     fn check_text(&self, text: &str) -> Result<(), EngineError> {
@@ -355,7 +383,39 @@ impl Engine {
                 self.limits.max_text_bytes
             )));
         }
+        if text.trim().is_empty() {
+            return Err(EngineError::Invalid(
+                "item text is empty: the semantic view would show nothing for it".into(),
+            ));
+        }
+        if text.contains('\0') {
+            return Err(EngineError::Invalid("item text contains a NUL byte".into()));
+        }
         Ok(())
+    }
+
+    fn check_event(&self, event: &EventInput) -> Result<(), EngineError> {
+        self.check_id(&event.item_id)?;
+        if !TIMESTAMP_MS_RANGE.contains(&event.timestamp_ms) {
+            return Err(EngineError::Invalid(format!(
+                "timestamp_ms must be {} to {} (years 1 to 9999), got {}",
+                TIMESTAMP_MS_RANGE.start(),
+                TIMESTAMP_MS_RANGE.end(),
+                event.timestamp_ms
+            )));
+        }
+        if event.kind.len() > self.limits.max_kind_bytes {
+            return Err(EngineError::Invalid(format!(
+                "event kind is {} bytes, the limit is {}",
+                event.kind.len(),
+                self.limits.max_kind_bytes
+            )));
+        }
+        no_control_characters("event kind", &event.kind)?;
+        match &event.item_text {
+            Some(text) => self.check_text(text),
+            None => Ok(()),
+        }
     }
 
     /// Adds or updates catalog items. Items the bundle knows keep their learned
@@ -364,8 +424,7 @@ impl Engine {
     pub fn upsert_items(
         &self,
         items: &[ItemInput],
-        progress: ProgressFn,
-        cancel: &CancelToken,
+        progress: &mut Progress,
     ) -> Result<(), EngineError> {
         if items.len() > self.limits.max_items_per_call {
             return Err(EngineError::Invalid(format!(
@@ -374,20 +433,22 @@ impl Engine {
                 self.limits.max_items_per_call
             )));
         }
+        let mut seen = HashSet::with_capacity(items.len());
         for item in items {
             self.check_id(&item.id)?;
             self.check_text(&item.text)?;
+            if !seen.insert(item.id.as_str()) {
+                return Err(EngineError::Invalid(format!(
+                    "item `{}` appears twice in one upsert_items call",
+                    item.id
+                )));
+            }
         }
         let mut model = self.model();
         let mut stored = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            if cancel.is_cancelled() {
-                return Err(EngineError::Cancelled);
-            }
-            progress(i, items.len());
-            let known = model
-                .row(&item.id)
-                .filter(|&r| (r as usize) < self.bundle_items);
+            progress.tick(i, items.len())?;
+            let known = model.items().bundle_row(&item.id);
             if known.is_none()
                 && self
                     .store
@@ -405,7 +466,7 @@ impl Engine {
             });
         }
         self.store.upsert_items(&stored)?;
-        progress(items.len(), items.len());
+        progress.finish(items.len());
         drop(model);
         self.load_cold_items()
     }
@@ -414,10 +475,7 @@ impl Engine {
         let mut model = self.model();
         let mut cold = Vec::new();
         for item in self.store.items()? {
-            let known = model
-                .row(&item.id)
-                .is_some_and(|r| (r as usize) < self.bundle_items);
-            if known {
+            if model.items().bundle_row(&item.id).is_some() {
                 continue;
             }
             if let Some(text_state) = self.store.text_state(&item.id, &self.backbone_sha256)? {
@@ -429,8 +487,9 @@ impl Engine {
             }
         }
         model.set_cold_items(&cold)?;
-        let ids = (0..model.catalog_len() as u32)
-            .map(|r| model.item_id(r).to_owned())
+        let items = model.items();
+        let ids = (0..items.len() as u32)
+            .map(|r| items.id(r).to_owned())
             .collect();
         *self.known_ids.write().unwrap_or_else(|p| p.into_inner()) = ids;
         Ok(())
@@ -440,7 +499,7 @@ impl Engine {
     /// with text becomes a cold item; without text it is refused.
     pub fn observe(&self, user: &str, event: &EventInput) -> Result<u64, EngineError> {
         self.check_id(user)?;
-        self.check_id(&event.item_id)?;
+        self.check_event(event)?;
         let known = self
             .known_ids
             .read()
@@ -456,8 +515,7 @@ impl Engine {
                     id: event.item_id.clone(),
                     text,
                 }],
-                &mut |_, _| {},
-                &CancelToken::default(),
+                &mut Progress::none(),
             )?;
         }
         let stored = Event {
@@ -476,15 +534,17 @@ impl Engine {
             .unwrap_or_else(|| self.phi_mean.clone()))
     }
 
-    /// The user's history as catalog rows, oldest first, the last `max_items`.
+    /// The user's whole stored history as catalog rows, oldest first (the
+    /// model reads its recent part; recommendations exclude all of it, as the
+    /// evaluation protocol does).
     fn history(&self, model: &L2Rec, user: &str) -> Result<Vec<u32>, EngineError> {
-        let rows: Vec<u32> = self
+        let items = model.items();
+        Ok(self
             .store
             .events(user)?
             .iter()
-            .filter_map(|e| model.row(&e.item_id))
-            .collect();
-        Ok(rows[rows.len().saturating_sub(self.max_items)..].to_vec())
+            .filter_map(|e| items.row(&e.item_id))
+            .collect())
     }
 
     /// Top-k for a user (SPEC step 8). A user without events gets the most
@@ -495,6 +555,17 @@ impl Engine {
         k: usize,
         options: RecommendOptions,
     ) -> Result<Vec<Recommendation>, EngineError> {
+        self.recommend_cancellable(user, k, options, &CancelToken::default())
+    }
+
+    /// [`Engine::recommend`] that `cancel` stops, also inside a backbone pass.
+    pub fn recommend_cancellable(
+        &self,
+        user: &str,
+        k: usize,
+        options: RecommendOptions,
+        cancel: &CancelToken,
+    ) -> Result<Vec<Recommendation>, EngineError> {
         self.check_id(user)?;
         if k == 0 || k > self.limits.max_k {
             return Err(EngineError::Invalid(format!(
@@ -502,7 +573,7 @@ impl Engine {
                 self.limits.max_k
             )));
         }
-        let mut model = self.model();
+        let mut model = self.model_watching(cancel)?;
         let history = self.history(&model, user)?;
         if history.is_empty() {
             return self.popular(&model, k);
@@ -510,16 +581,17 @@ impl Engine {
         let phi = self.phi(user)?;
         let mut pref = self.cached_preference(&mut model, user, &phi, &history)?;
         let exclude = if options.include_history {
-            Vec::new()
+            &[][..]
         } else {
-            history.clone()
+            &history[..]
         };
-        let hits = model.top_k(&mut pref, &exclude, k)?;
+        let hits = model.top_k(&mut pref, exclude, k)?;
+        let items = model.items();
         Ok(hits
             .iter()
             .map(|h| Recommendation {
-                item_id: model.item_id(h.row).to_owned(),
-                text: model.item_text(h.row).to_owned(),
+                item_id: items.id(h.row).to_owned(),
+                text: items.text(h.row).to_owned(),
                 score: h.score,
             })
             .collect())
@@ -534,71 +606,44 @@ impl Engine {
         user: &str,
         phi: &[f32],
         history: &[u32],
-    ) -> Result<crate::model::Preference, EngineError> {
-        let ids: Vec<String> = history
-            .iter()
-            .map(|&r| model.item_id(r).to_owned())
-            .collect();
-        let keys: Vec<crate::store::ViewStateKey> = View::BOTH
-            .iter()
-            .map(|&v| crate::store::ViewStateKey {
-                view: v.name().to_owned(),
-                history_hash: history_key(v, &model.scales(v, phi), &ids),
-                bundle_id: self.bundle_id.clone(),
-            })
-            .collect();
-        let cached = (
-            self.store.view_state(user, &keys[0])?,
-            self.store.view_state(user, &keys[1])?,
-        );
-        if let (Some(h_b), Some(h_s)) = cached {
-            let out = model.heads(&h_b, &h_s);
-            let scales = View::BOTH
-                .iter()
-                .map(|&v| (v, model.scales(v, phi)))
-                .collect();
-            return Ok(crate::model::Preference {
-                u: out.u,
-                beta: out.beta,
-                scales,
-                timings: Default::default(),
-                states: [h_b, h_s],
-            });
+    ) -> Result<Preference, EngineError> {
+        let recent = model.recent(history);
+        let ids: Vec<&str> = recent.iter().map(|&r| model.items().id(r)).collect();
+        let scales = model.heads().all_scales(phi);
+        let keys = PerView::from_fn(|v| ViewStateKey {
+            view: v.name().to_owned(),
+            history_hash: history_key(v, &scales[v], &ids),
+            bundle_id: self.bundle_id.clone(),
+        });
+        let cached = PerView::try_from_fn(|v| self.store.view_state(user, &keys[v]))?;
+        if let (Some(h_b), Some(h_s)) = (cached.behavioral, cached.semantic) {
+            return Ok(model.preference_from_states(phi, PerView::new(h_b, h_s))?);
         }
         let pref = model.preference(phi, history)?;
-        self.store.put_view_state(user, &keys[0], &pref.states[0])?;
-        self.store.put_view_state(user, &keys[1], &pref.states[1])?;
+        for view in View::BOTH {
+            self.store
+                .put_view_state(user, &keys[view], &pref.states[view])?;
+        }
         Ok(pref)
     }
 
-    /// Most interacted-with items across this device's users; ties by the
-    /// bundle's learned bias (its popularity prior), then catalog row.
+    /// Most interacted-with items across this device's users.
     fn popular(&self, model: &L2Rec, k: usize) -> Result<Vec<Recommendation>, EngineError> {
+        let items = model.items();
         let mut counts: HashMap<u32, u32> = HashMap::new();
         for user in self.store.users()? {
             for e in self.store.events(&user)? {
-                if let Some(r) = model.row(&e.item_id) {
+                if let Some(r) = items.row(&e.item_id) {
                     *counts.entry(r).or_default() += 1;
                 }
             }
         }
-        let (_, bias) = model.item_vectors();
-        let mut rows: Vec<u32> = (0..model.catalog_len() as u32).collect();
-        rows.sort_by(|a, b| {
-            let (ca, cb) = (
-                counts.get(a).copied().unwrap_or(0),
-                counts.get(b).copied().unwrap_or(0),
-            );
-            cb.cmp(&ca)
-                .then(bias[*b as usize].total_cmp(&bias[*a as usize]))
-                .then(a.cmp(b))
-        });
-        Ok(rows
-            .iter()
-            .take(k)
-            .map(|&r| Recommendation {
-                item_id: model.item_id(r).to_owned(),
-                text: model.item_text(r).to_owned(),
+        Ok(items
+            .most_popular(&counts, k)
+            .into_iter()
+            .map(|r| Recommendation {
+                item_id: items.id(r).to_owned(),
+                text: items.text(r).to_owned(),
                 score: counts.get(&r).copied().unwrap_or(0) as f32,
             })
             .collect())
@@ -607,211 +652,57 @@ impl Engine {
     /// Expert scales, view weights, and the history items behind each of the
     /// top 10 recommendations.
     pub fn explain(&self, user: &str) -> Result<Explanation, EngineError> {
+        self.explain_cancellable(user, &CancelToken::default())
+    }
+
+    /// [`Engine::explain`] that `cancel` stops, also inside a backbone pass.
+    pub fn explain_cancellable(
+        &self,
+        user: &str,
+        cancel: &CancelToken,
+    ) -> Result<Explanation, EngineError> {
         self.check_id(user)?;
-        let mut model = self.model();
+        let mut model = self.model_watching(cancel)?;
         let history = self.history(&model, user)?;
         let phi = self.phi(user)?;
         if history.is_empty() {
-            let expert_scales = View::BOTH
-                .iter()
-                .map(|&v| (v, model.scales(v, &phi)))
-                .collect();
-            let view_weight = BTreeMap::from([(View::Behavioral, 0.5), (View::Semantic, 0.5)]);
             return Ok(Explanation {
-                expert_scales,
-                view_weight,
+                expert_scales: model.heads().all_scales(&phi),
+                view_weight: PerView::new(0.5, 0.5),
                 reasons: Vec::new(),
             });
         }
         let mut pref = self.cached_preference(&mut model, user, &phi, &history)?;
         let hits = model.top_k(&mut pref, &history, 10)?;
         let mean_beta = pref.beta.iter().sum::<f32>() / pref.beta.len().max(1) as f32;
-        let (vectors, _) = model.item_vectors();
-        let d_r = pref.u.len();
-        let row = |r: u32| &vectors[r as usize * d_r..(r as usize + 1) * d_r];
-        let unique: Vec<u32> = history
-            .iter()
-            .copied()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let reasons = hits
-            .iter()
-            .map(|hit| {
-                let mut pulls: Vec<(f32, u32)> = unique
-                    .iter()
-                    .map(|&h| (row(h).iter().zip(row(hit.row)).map(|(a, b)| a * b).sum(), h))
-                    .collect();
-                pulls.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                (
-                    model.item_id(hit.row).to_owned(),
-                    pulls
-                        .iter()
-                        .take(3)
-                        .map(|&(_, h)| model.item_id(h).to_owned())
-                        .collect(),
-                )
-            })
-            .collect();
+        let reasons = crate::model::reasons(model.items(), model.recent(&history), &hits, 3);
         Ok(Explanation {
-            expert_scales: pref.scales.clone(),
-            view_weight: BTreeMap::from([
-                (View::Behavioral, mean_beta),
-                (View::Semantic, 1.0 - mean_beta),
-            ]),
+            expert_scales: pref.scales,
+            view_weight: PerView::new(mean_beta, 1.0 - mean_beta),
             reasons,
         })
     }
 
     /// Refines the user's `phi` from their own events (SPEC "On-device
-    /// personalization"); saves it only when the held-back loss improves.
+    /// personalization", `personalize::run`); saves it only when the
+    /// held-back loss improves.
     pub fn personalize(
         &self,
         user: &str,
         options: PersonalizeOptions,
-        progress: ProgressFn,
-        cancel: &CancelToken,
+        progress: &mut Progress,
     ) -> Result<PersonalizeReport, EngineError> {
         self.check_id(user)?;
-        options.validate()?;
+        options.validate().map_err(EngineError::Invalid)?;
         let mut model = self.model();
         let history = self.history(&model, user)?;
         let phi0 = self.phi(user)?;
-        let experts = [
-            model.expert_count(View::Behavioral),
-            model.expert_count(View::Semantic),
-        ];
-        let not_run = |reason: &str| PersonalizeReport {
-            train_loss_before: 0.0,
-            train_loss_after: 0.0,
-            phi_step: 0.0,
-            gradient_norm: 0.0,
-            held_out_loss_before: 0.0,
-            held_out_loss_after: 0.0,
-            saved: false,
-            backbone_passes: 0,
-            reason: reason.to_owned(),
-        };
-        if experts == [0, 0] {
-            return Ok(not_run("the bundle has no experts: nothing to personalize"));
-        }
-        if history.len() < 3 {
-            return Ok(not_run("fewer than 3 events: not enough to learn from"));
-        }
-        // Targets: the state after item t predicts item t + 1.
-        let targets: Vec<(usize, u32)> = (0..history.len() - 1)
-            .map(|t| (t, history[t + 1]))
-            .collect();
-        let held =
-            ((targets.len() as f32 * options.holdout).ceil() as usize).clamp(1, targets.len() - 1);
-        let (train, held_out) = targets.split_at(targets.len() - held);
-        // Per view: the current and the base mixture, each expert alone; then the
-        // held-back loss, measured for real before and after (two passes each).
-        let total_passes = 2 * 2 + experts[0] + experts[1] + 4;
-        let mut passes = 0;
-        let mut step =
-            |model: &mut L2Rec, view: View, scales: &[f32]| -> Result<Vec<Vec<f32>>, EngineError> {
-                if cancel.is_cancelled() {
-                    return Err(EngineError::Cancelled);
-                }
-                progress(passes, total_passes);
-                passes += 1;
-                Ok(model.states_after_each_item(view, scales, &history)?)
-            };
-        let mut views = Vec::new();
-        for view in View::BOTH {
-            let g0 = model.scales(view, &phi0);
-            let at_g0 = step(&mut model, view, &g0)?;
-            let base = step(&mut model, view, &vec![0.0; g0.len()])?;
-            let mut directions = Vec::new();
-            for k in 0..g0.len() {
-                let mut one = vec![0.0; g0.len()];
-                one[k] = 1.0;
-                let alone = step(&mut model, view, &one)?;
-                directions.push(
-                    alone
-                        .iter()
-                        .zip(&base)
-                        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
-                        .collect(),
-                );
-            }
-            views.push(Linearization {
-                g0,
-                at_g0,
-                directions,
-            });
-        }
-        let heads = model.bundle().heads.clone();
-        let (vectors, bias) = model.item_vectors();
-        let (vectors, bias) = (vectors.to_vec(), bias.to_vec());
-        let active = [
-            model.bundle().manifest.views.behavioral.k,
-            model.bundle().manifest.views.semantic.k,
-        ];
-        let semantic = views.pop().expect("two views");
-        let behavioral = views.pop().expect("two views");
-        let problem = Problem {
-            heads: &heads,
-            active,
-            views: [behavioral, semantic],
-            items: &vectors,
-            bias: &bias,
-            targets: targets.clone(),
-            phi_mean: &self.phi_mean,
-            l2: options.l2,
-        };
-        let (train_before, gradient) = loss_and_gradient(&problem, &phi0, train);
-        let phi = descend(&problem, &phi0, train, options.steps, options.learning_rate);
-        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
-        let phi_step = norm(&mut phi.iter().zip(&phi0).map(|(a, b)| a - b));
-        let gradient_norm = norm(&mut gradient.iter().copied());
-        let (train_after, _) = loss_and_gradient(&problem, &phi, train);
-        // The held-back loss is measured for real, not through the linear model.
-        let mut measure = |model: &mut L2Rec, phi: &[f32]| -> Result<f32, EngineError> {
-            let scales = View::BOTH.map(|v| model.scales(v, phi));
-            let states = [
-                step(model, View::Behavioral, &scales[0])?,
-                step(model, View::Semantic, &scales[1])?,
-            ];
-            Ok(Self::measured_loss(model, &states, held_out))
-        };
-        let held_before = measure(&mut model, &phi0)?;
-        let held_after = measure(&mut model, &phi)?;
-        progress(total_passes, total_passes);
-        let saved = held_after < held_before;
-        if saved {
+        let outcome = crate::personalize::run(&mut model, &history, &phi0, &options, progress)?;
+        if let Some(phi) = outcome.phi {
             let version = self.store.user(user)?.map_or(0, |r| r.version) + 1;
             self.store.put_user(user, &UserRecord { phi, version })?;
         }
-        Ok(PersonalizeReport {
-            train_loss_before: train_before,
-            train_loss_after: train_after,
-            phi_step,
-            gradient_norm,
-            held_out_loss_before: held_before,
-            held_out_loss_after: held_after,
-            saved,
-            backbone_passes: passes,
-            reason: if saved {
-                "held-back loss improved".into()
-            } else {
-                "held-back loss did not improve; kept the old phi".into()
-            },
-        })
-    }
-
-    /// The mean next-item loss over `targets` from measured view states.
-    fn measured_loss(model: &L2Rec, states: &[Vec<Vec<f32>>; 2], targets: &[(usize, u32)]) -> f32 {
-        let (vectors, bias) = model.item_vectors();
-        let total: f64 = targets
-            .iter()
-            .map(|&(pos, target)| {
-                let u = model.heads(&states[0][pos], &states[1][pos]).u;
-                cross_entropy(vectors, bias, &u, target).0
-            })
-            .sum();
-        (total / targets.len().max(1) as f64) as f32
+        Ok(outcome.report)
     }
 
     /// Destroys the user's key and records (crypto-shredding).
@@ -820,18 +711,19 @@ impl Engine {
         Ok(self.store.forget_user(user)?)
     }
 
-    /// Everything stored about the user, as JSON.
-    pub fn export_user(&self, user: &str) -> Result<serde_json::Value, EngineError> {
+    /// Everything stored about the user.
+    pub fn export_user(&self, user: &str) -> Result<UserExport, EngineError> {
         self.check_id(user)?;
         Ok(self.store.export_user(user)?)
     }
 
     pub fn stats(&self) -> Result<Stats, EngineError> {
         let model = self.model();
+        let items = model.items();
         Ok(Stats {
             users: self.store.users()?.len(),
-            catalog_items: model.catalog_len(),
-            cold_items: model.catalog_len() - self.bundle_items,
+            catalog_items: items.len(),
+            cold_items: items.len() - items.bundle_len(),
             store_encrypted: self.store.is_encrypted(),
             store_bytes_on_disk: self.store.size_on_disk()?,
             store_live_bytes: self.store.live_bytes()?,

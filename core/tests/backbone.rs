@@ -5,8 +5,9 @@ mod common;
 
 use common::*;
 use l2rec::backbone::{Backbone, BackboneConfig, BackboneError, Expert, Session};
-use l2rec::lora::{validate_expert, write_random_expert, LoraSpec};
+use l2rec::lora::{validate_expert, LoraSpec};
 use l2rec::prompt::{ItemRef, View};
+use l2rec_dev::random::write_random_expert;
 
 fn state(session: &mut Session, bb: &Backbone, text: &str) -> Vec<f32> {
     session.state_fresh(&bb.tokenize(text).unwrap()).unwrap()
@@ -31,7 +32,7 @@ fn experts(bb: &Backbone, dir: &std::path::Path, n: u64, amplitude: f32) -> Vec<
 
 fn history_prompt(items: usize) -> String {
     let data = dataset();
-    let (_, template) = l2rec::zeroshot::default_templates();
+    let (_, template) = l2rec_dev::zeroshot::default_templates();
     let longest = data.histories.iter().max_by_key(|h| h.rows.len()).unwrap();
     let rows = &longest.rows[..items];
     template.render(
@@ -252,7 +253,7 @@ fn a_corrupted_model_is_refused_before_llama_cpp_loads_it() {
         .for_each(|(i, b)| *b = (i * 31) as u8);
     std::fs::write(&copy, bytes).unwrap();
     let config = BackboneConfig {
-        expected_sha256: Some(l2rec::assets::MODEL_SHA256.into()),
+        expected_sha256: Some(l2rec_dev::assets::MODEL_SHA256.into()),
         ..config()
     };
     match Backbone::open(&copy, config) {

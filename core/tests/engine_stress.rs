@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use common::*;
 use l2rec::engine::*;
-use l2rec::lora::SplitMix;
 use l2rec::store::Durability;
+use l2rec_dev::random::SplitMix;
 
 const THREADS: usize = 8;
 const USERS: usize = 8;
@@ -39,7 +39,7 @@ fn eight_threads_ten_thousand_operations() {
     config.master_key = Some([3u8; 32]);
     config.durability = Durability::Batched { flush_every_ms: 50 };
     config.max_events_per_user = MAX_EVENTS;
-    let engine = Arc::new(Engine::open(config, &mut |_, _| {}, &CancelToken::default()).unwrap());
+    let engine = Arc::new(Engine::open(config, &mut Progress::none()).unwrap());
     let done = Arc::new(AtomicUsize::new(0));
     let total = ops();
 
@@ -88,7 +88,7 @@ fn eight_threads_ten_thousand_operations() {
                                 ..Default::default()
                             };
                             let report = engine
-                                .personalize(&user, opts, &mut |_, _| {}, &CancelToken::default())
+                                .personalize(&user, opts, &mut Progress::none())
                                 .unwrap();
                             assert!(
                                 report.held_out_loss_before.is_finite()
@@ -112,7 +112,7 @@ fn eight_threads_ten_thousand_operations() {
     engine.flush().unwrap();
     for u in 0..USERS {
         let exported = engine.export_user(&format!("user-{u}")).unwrap();
-        let events = exported["events"].as_array().map_or(0, Vec::len);
+        let events = exported.events.len();
         assert!(events <= MAX_EVENTS, "retention bound broken: {events}");
     }
     let stats = engine.stats().unwrap();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::lora::LoraSpec;
+use crate::per_view::PerView;
 use crate::prompt::{Template, View};
 
 pub const FORMAT: &str = "l2rec-bundle";
@@ -36,20 +37,8 @@ pub struct BackboneRef {
     pub n_layer: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Views {
-    pub behavioral: ViewSpec,
-    pub semantic: ViewSpec,
-}
-
-impl Views {
-    pub fn get(&self, view: View) -> &ViewSpec {
-        match view {
-            View::Behavioral => &self.behavioral,
-            View::Semantic => &self.semantic,
-        }
-    }
-}
+/// Each view's experts and prompt.
+pub type Views = PerView<ViewSpec>;
 
 /// A view's experts and prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

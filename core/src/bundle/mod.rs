@@ -4,7 +4,7 @@
 mod manifest;
 mod tensors;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use manifest::*;
@@ -12,6 +12,7 @@ pub use tensors::{Heads, Items, Linear, Users};
 
 use crate::backbone::{sha256_file, ModelInfo};
 use crate::lora::{validate_expert, LoraError};
+use crate::per_view::PerView;
 use crate::prompt::View;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +102,7 @@ pub struct Bundle {
     pub items: Items,
     pub users: Option<Users>,
     /// Verified expert files per view, in expert order.
-    pub experts: BTreeMap<View, Vec<PathBuf>>,
+    pub experts: PerView<Vec<PathBuf>>,
 }
 
 impl Bundle {
@@ -139,16 +140,15 @@ impl Bundle {
             .contains_key("users.safetensors")
             .then(|| Users::read(&users_path, &manifest))
             .transpose()?;
-        let mut experts = BTreeMap::new();
-        for view in View::BOTH {
-            let mut paths = Vec::new();
-            for k in 0..manifest.views.get(view).experts {
-                let path = dir.join(expert_file(view, k));
-                validate_expert(&path, model, &manifest.lora)?;
-                paths.push(path);
-            }
-            experts.insert(view, paths);
-        }
+        let experts = PerView::try_from_fn(|view| {
+            (0..manifest.views.get(view).experts)
+                .map(|k| {
+                    let path = dir.join(expert_file(view, k));
+                    validate_expert(&path, model, &manifest.lora)?;
+                    Ok(path)
+                })
+                .collect::<Result<Vec<_>, BundleError>>()
+        })?;
         Ok(Self {
             dir: dir.to_owned(),
             manifest,

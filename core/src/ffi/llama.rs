@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 
 use llama_cpp_sys_2 as sys;
 
@@ -284,8 +284,9 @@ pub struct Context {
     n_embd: usize,
     // The adapters currently set, kept alive while llama.cpp refers to them.
     adapters: Vec<Adapter>,
-    // Read by llama.cpp's abort callback between graph nodes.
-    cancel: Arc<AtomicBool>,
+    // Read by llama.cpp's abort callback between graph nodes; boxed for a
+    // stable address.
+    abort: Box<AbortFlags>,
     // Written by the eval callback during decode; boxed for a stable address.
     capture: Box<Capture>,
     model: Model,
@@ -296,16 +297,36 @@ pub struct Context {
 // that is not Sync.
 unsafe impl Send for Context {}
 
+/// What stops a decode: the context's own flag, or the flag of the call it
+/// currently serves (an engine call's cancel token).
+struct AbortFlags {
+    own: Arc<AtomicBool>,
+    call: Mutex<Option<Arc<AtomicBool>>>,
+}
+
+impl AbortFlags {
+    fn raised(&self) -> bool {
+        if self.own.load(Ordering::Relaxed) {
+            return true;
+        }
+        let call = self.call.lock().unwrap_or_else(|p| p.into_inner());
+        call.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+}
+
 extern "C" fn abort_if_cancelled(data: *mut c_void) -> bool {
-    // SAFETY: `data` is the AtomicBool owned by the Context's Arc, which outlives
-    // the llama_context that calls this.
-    let flag = unsafe { &*(data as *const AtomicBool) };
-    flag.load(Ordering::Relaxed)
+    // SAFETY: `data` is the Context's boxed AbortFlags, which outlives the
+    // llama_context that calls this (dropped after llama_free).
+    let flags = unsafe { &*(data as *const AbortFlags) };
+    flags.raised()
 }
 
 impl Context {
     pub fn new(model: &Model, params: ContextParams) -> Result<Self, LlamaError> {
-        let cancel = Arc::new(AtomicBool::new(false));
+        let abort = Box::new(AbortFlags {
+            own: Arc::new(AtomicBool::new(false)),
+            call: Mutex::new(None),
+        });
         let mut capture = Box::new(Capture {
             n_embd: model.n_embd(),
             rows: Vec::new(),
@@ -331,10 +352,10 @@ impl Context {
         cp.swa_full = true;
         cp.no_perf = true;
         cp.abort_callback = Some(abort_if_cancelled);
-        cp.abort_callback_data = Arc::as_ptr(&cancel) as *mut c_void;
+        cp.abort_callback_data = (&*abort as *const AbortFlags).cast_mut().cast();
         // SAFETY: the model is valid; both callbacks' data outlive the context
-        // (the Arc and the Box are stored in the returned struct and dropped
-        // after llama_free).
+        // (both boxes are stored in the returned struct and dropped after
+        // llama_free).
         let ptr = unsafe { sys::llama_init_from_model(model.ptr(), cp) };
         let ptr = NonNull::new(ptr).ok_or(LlamaError::ContextInit {
             n_ctx: params.n_ctx,
@@ -349,7 +370,7 @@ impl Context {
             params,
             n_embd: model.n_embd(),
             adapters: Vec::new(),
-            cancel,
+            abort,
             capture,
             model: model.clone(),
         })
@@ -366,11 +387,17 @@ impl Context {
     /// A flag that, once set, makes the running and every later decode fail
     /// with [`LlamaError::Cancelled`] until [`Context::reset_cancel`].
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
-        self.cancel.clone()
+        self.abort.own.clone()
     }
 
     pub fn reset_cancel(&self) {
-        self.cancel.store(false, Ordering::Relaxed);
+        self.abort.own.store(false, Ordering::Relaxed);
+    }
+
+    /// Also stops decodes while `flag` is raised (`None`: only the
+    /// context's own flag does).
+    pub fn watch_cancel(&self, flag: Option<Arc<AtomicBool>>) {
+        *self.abort.call.lock().unwrap_or_else(|p| p.into_inner()) = flag;
     }
 
     pub fn set_threads(&mut self, threads: u32) {
@@ -494,7 +521,7 @@ impl Context {
         match rc {
             0 => Ok(()),
             2 => Err(LlamaError::Cancelled),
-            _ if self.cancel.load(Ordering::Relaxed) => Err(LlamaError::Cancelled),
+            _ if self.abort.raised() => Err(LlamaError::Cancelled),
             _ => Err(LlamaError::Decode(rc)),
         }
     }
@@ -529,6 +556,7 @@ impl Drop for Context {
 /// (the same settings [`Context`] uses), `tokens` decoded from an empty cache
 /// `reps` times with an output on the last token only. Returns each decode's
 /// wall time; no copies, no bookkeeping.
+#[cfg(feature = "bench")]
 pub fn bench_raw_decode(
     model: &Model,
     params: ContextParams,

@@ -10,25 +10,30 @@ use super::simd::dot_fma;
 /// every other expert gets 0. `weight` is `[K, d_phi]` row-major, `bias` `[K]`.
 /// `k` is clamped to `1..=K`; `K == 0` gives an empty vector.
 pub fn gate(weight: &[f32], bias: &[f32], phi: &[f32], k: usize) -> Vec<f32> {
+    let logits = gate_logits(weight, bias, phi);
+    let chosen = chosen_experts(&logits, k);
+    softmax_chosen(&logits, &chosen)
+}
+
+/// `weight * phi + bias`, one FMA chain per expert (as the shader).
+pub fn gate_logits(weight: &[f32], bias: &[f32], phi: &[f32]) -> Vec<f32> {
     let n = bias.len();
-    if n == 0 {
-        return Vec::new();
-    }
     assert_eq!(
         weight.len(),
         n * phi.len(),
         "gate weight must be [K, d_phi]"
     );
     let dp = phi.len();
-    let logits: Vec<f32> = (0..n)
+    (0..n)
         .map(|e| dot_fma(&weight[e * dp..(e + 1) * dp], phi) + bias[e])
-        .collect();
-    let chosen = top_experts(&logits, k.clamp(1, n));
-    softmax_chosen(&logits, &chosen)
+        .collect()
 }
 
-/// Expert `i` is chosen when fewer than `k` experts beat it.
-fn top_experts(logits: &[f32], k: usize) -> Vec<bool> {
+/// The top-k rule: expert `i` is chosen when fewer than `k` experts beat it
+/// (a larger logit, or an equal one at a lower index). `k` is clamped to
+/// `1..=K`.
+pub fn chosen_experts(logits: &[f32], k: usize) -> Vec<bool> {
+    let k = k.clamp(1, logits.len().max(1));
     logits
         .iter()
         .enumerate()
@@ -43,8 +48,9 @@ fn top_experts(logits: &[f32], k: usize) -> Vec<bool> {
         .collect()
 }
 
-/// Softmax over the chosen logits, in index order (as the shader sums).
-fn softmax_chosen(logits: &[f32], chosen: &[bool]) -> Vec<f32> {
+/// Softmax over the chosen logits, in index order (as the shader sums);
+/// experts not chosen get 0.
+pub fn softmax_chosen(logits: &[f32], chosen: &[bool]) -> Vec<f32> {
     let mut max = None::<f32>;
     for (&l, &c) in logits.iter().zip(chosen) {
         if c && max.is_none_or(|m| l > m) {

@@ -16,13 +16,17 @@ mod simd;
 mod topk;
 
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod tests;
 
 use std::borrow::Cow;
 
 pub use catalog::{CatalogMatrix, Storage};
-pub use gpu::{Gpu, GpuHeads};
-pub use heads::{fuse, gate, project, Fused};
+pub use gpu::Gpu;
+#[cfg(test)]
+pub use gpu::GpuHeads;
+pub use heads::{chosen_experts, fuse, gate, gate_logits, project, softmax_chosen, Fused};
 pub use simd::{dot_fma, dot_with, MulAdd};
 pub use topk::{rank_order, Hit};
 

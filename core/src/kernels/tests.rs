@@ -93,7 +93,7 @@ fn refs<T>(v: &[Vec<T>]) -> Vec<&[T]> {
 
 /// The process-wide GPU, or None outside CI when there is none. `scripts/test`
 /// installs lavapipe and sets L2REC_REQUIRE_GPU, so there a missing adapter fails.
-fn gpu() -> Option<Arc<Gpu>> {
+pub(super) fn gpu() -> Option<Arc<Gpu>> {
     match Gpu::shared() {
         Ok(g) => Some(g),
         Err(e)

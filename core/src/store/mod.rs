@@ -155,6 +155,36 @@ pub struct UserRecord {
     pub version: u64,
 }
 
+/// Everything stored about one user, for a data access request. Serializes
+/// as the export JSON of docs/INTEGRATION-*.md.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct UserExport {
+    pub user: String,
+    pub encrypted_at_rest: bool,
+    /// `None` until personalization saved a `phi`.
+    pub record: Option<UserRecord>,
+    pub events: Vec<ExportedEvent>,
+    pub view_states: Vec<ExportedViewState>,
+}
+
+/// An event with its sequence number.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ExportedEvent {
+    pub seq: u64,
+    pub item_id: String,
+    pub timestamp_ms: i64,
+    pub kind: String,
+}
+
+/// A cached view state with its key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ExportedViewState {
+    pub view: String,
+    pub history_hash: String,
+    pub bundle_id: String,
+    pub state: Vec<f32>,
+}
+
 /// What a cached view state depends on.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ViewStateKey {

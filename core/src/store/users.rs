@@ -1,14 +1,15 @@
 //! Per-user data: the user record, the event log, cached view states, and
 //! forget / export.
 
-use serde_json::json;
-
 use super::db::Trees;
 use super::layout::{
     event_key, event_seq, view_state_key, UserEntry, UserTag, ViewStateEntry, EVENTS,
     PER_USER_TREES, USERS, USER_RECORDS, VIEW_STATES,
 };
-use super::{Event, Protection, Store, StoreError, UserKey, UserRecord, ViewStateKey};
+use super::{
+    Event, ExportedEvent, ExportedViewState, Protection, Store, StoreError, UserExport, UserKey,
+    UserRecord, ViewStateKey,
+};
 
 impl Store {
     pub fn user(&self, user: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -226,34 +227,36 @@ impl Store {
         Ok(())
     }
 
-    /// Everything stored about the user, as JSON (`null` record / empty lists
-    /// for an unknown user).
-    pub fn export_user(&self, user: &str) -> Result<serde_json::Value, StoreError> {
-        let record = self.user(user)?;
-        let events: Vec<_> = self
+    /// Everything stored about the user (no record and empty lists for an
+    /// unknown user).
+    pub fn export_user(&self, user: &str) -> Result<UserExport, StoreError> {
+        let events = self
             .events_with_seq(user)?
             .into_iter()
-            .map(|(seq, e)| {
-                json!({ "seq": seq, "item_id": e.item_id, "timestamp_ms": e.timestamp_ms, "kind": e.kind })
+            .map(|(seq, e)| ExportedEvent {
+                seq,
+                item_id: e.item_id,
+                timestamp_ms: e.timestamp_ms,
+                kind: e.kind,
             })
             .collect();
-        let view_states: Vec<_> = self
+        let view_states = self
             .view_state_entries(user)?
             .into_iter()
-            .map(|v| {
-                json!({
-                    "view": v.key.view, "history_hash": v.key.history_hash,
-                    "bundle_id": v.key.bundle_id, "state": v.state,
-                })
+            .map(|v| ExportedViewState {
+                view: v.key.view,
+                history_hash: v.key.history_hash,
+                bundle_id: v.key.bundle_id,
+                state: v.state,
             })
             .collect();
-        Ok(json!({
-            "user": user,
-            "encrypted_at_rest": self.is_encrypted(),
-            "record": record,
-            "events": events,
-            "view_states": view_states,
-        }))
+        Ok(UserExport {
+            user: user.to_owned(),
+            encrypted_at_rest: self.is_encrypted(),
+            record: self.user(user)?,
+            events,
+            view_states,
+        })
     }
 
     fn view_state_entries(&self, user: &str) -> Result<Vec<ViewStateEntry>, StoreError> {

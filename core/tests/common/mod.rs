@@ -4,12 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use l2rec::assets;
-use l2rec::backbone::{write_f16_copy, Backbone, BackboneConfig, ModelInfo};
+use l2rec::backbone::{Backbone, BackboneConfig, ModelInfo};
 use l2rec::bundle::*;
-use l2rec::catalog::Dataset;
-use l2rec::lora::{write_random_expert, LoraSpec, SplitMix};
+use l2rec::lora::LoraSpec;
+use l2rec::progress::Progress;
 use l2rec::prompt::View;
+use l2rec_dev::assets;
+use l2rec_dev::f16::write_f16_copy;
+use l2rec_dev::movielens::Dataset;
+use l2rec_dev::random::{write_random_expert, SplitMix};
 
 pub fn config() -> BackboneConfig {
     // One thread per test: the test harness runs tests side by side.
@@ -41,7 +44,7 @@ pub fn f16_backbone() -> Backbone {
             .join("models")
             .join(format!("f16-{}.gguf", &info.sha256[..12]));
         if !path.exists() {
-            write_f16_copy(&info.path, &path, &mut |_, _| {}).expect("write the F16 copy");
+            write_f16_copy(&info.path, &path, &mut Progress::none()).expect("write the F16 copy");
         }
         path
     });
@@ -106,7 +109,7 @@ pub fn write_small_bundle(dir: &Path) -> PathBuf {
 pub fn write_small_bundle_with(dir: &Path, k: usize) -> PathBuf {
     let info = model_info();
     let data = dataset();
-    let (behavioral, semantic) = l2rec::zeroshot::default_templates();
+    let (behavioral, semantic) = l2rec_dev::zeroshot::default_templates();
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,

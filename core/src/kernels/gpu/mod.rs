@@ -1,11 +1,15 @@
 //! The GPU side: one wgpu device shared by the process, the shader pipelines,
 //! and small helpers to build layouts and read results back.
 
+// The WGSL heads are the tested twin of `kernels::heads` (golden vectors);
+// serving runs the heads on the CPU, so the library does not ship them.
+#[cfg(test)]
 mod heads;
 mod scorer;
 
 use std::sync::{mpsc, Arc, OnceLock};
 
+#[cfg(test)]
 pub use heads::GpuHeads;
 pub(crate) use scorer::{GpuScorer, KCAP};
 

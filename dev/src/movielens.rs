@@ -76,20 +76,59 @@ pub fn item_text(title: &str, year: &str) -> String {
     }
 }
 
+/// The columns of a RecBole atomic file by field name (`name:type` headers),
+/// so a reordered or widened file still reads right (the trainer reads them
+/// the same way).
+fn columns<const N: usize>(
+    file: &Path,
+    header: Option<&str>,
+    names: [&str; N],
+) -> Result<[usize; N], CatalogError> {
+    let fields: Vec<&str> = header
+        .unwrap_or("")
+        .split('\t')
+        .map(|f| f.split(':').next().unwrap_or(""))
+        .collect();
+    let mut found = [0; N];
+    for (slot, name) in found.iter_mut().zip(names) {
+        *slot = fields
+            .iter()
+            .position(|f| *f == name)
+            .ok_or_else(|| CatalogError::Parse {
+                file: file.to_owned(),
+                line: 1,
+                what: format!(
+                    "no `{name}` column in the header (found: {}); is this a RecBole atomic file?",
+                    fields.join(", ")
+                ),
+            })?;
+    }
+    Ok(found)
+}
+
 fn parse_catalog(file: &Path) -> Result<Catalog, CatalogError> {
     let text = read(file)?;
+    let mut lines = text.lines();
+    let [id, title, year] = columns(
+        file,
+        lines.next(),
+        ["item_id", "movie_title", "release_year"],
+    )?;
     let mut catalog = Catalog::default();
-    for (n, line) in text.lines().enumerate().skip(1) {
+    for (n, line) in lines.enumerate() {
         let cols: Vec<&str> = line.split('\t').collect();
-        if cols.len() < 3 {
+        let field = |c: usize| cols.get(c).copied();
+        let (Some(id), Some(title)) = (field(id), field(title)) else {
             return Err(CatalogError::Parse {
                 file: file.to_owned(),
-                line: n + 1,
-                what: "expected item_id, title, year".into(),
+                line: n + 2,
+                what: "fewer columns than the header".into(),
             });
-        }
-        catalog.ids.push(cols[0].to_owned());
-        catalog.texts.push(item_text(cols[1], cols[2]));
+        };
+        catalog.ids.push(id.to_owned());
+        catalog
+            .texts
+            .push(item_text(title, field(year).unwrap_or("")));
     }
     Ok(catalog)
 }
@@ -104,15 +143,20 @@ fn parse_histories(file: &Path, rows: &HashMap<&str, u32>) -> Result<Vec<History
     let mut order: Vec<String> = Vec::new();
     let mut events: HashMap<String, Vec<(f64, u32)>> = HashMap::new();
     let (mut first, mut last) = (f64::INFINITY, f64::NEG_INFINITY);
-    for (n, line) in text.lines().enumerate().skip(1) {
+    let mut lines = text.lines();
+    let [user_col, item_col, time_col] =
+        columns(file, lines.next(), ["user_id", "item_id", "timestamp"])?;
+    for (n, line) in lines.enumerate() {
         let bad = |what: &str| CatalogError::Parse {
             file: file.to_owned(),
-            line: n + 1,
+            line: n + 2,
             what: what.to_owned(),
         };
         let cols: Vec<&str> = line.split('\t').collect();
-        let [user, item, _rating, time] = cols[..] else {
-            return Err(bad("expected 4 columns"));
+        let (Some(&user), Some(&item), Some(&time)) =
+            (cols.get(user_col), cols.get(item_col), cols.get(time_col))
+        else {
+            return Err(bad("fewer columns than the header"));
         };
         let row = *rows.get(item).ok_or_else(|| bad("unknown item id"))?;
         let time: f64 = time.parse().map_err(|_| bad("bad timestamp"))?;
@@ -188,7 +232,7 @@ mod tests {
         write(
             dir.path(),
             "ml-100k.item",
-            "item_id:token\ttitle:token_seq\trelease_year:token\na\tA\t1990\nb\tB\t1991\nc\tC\t\n",
+            "release_year:token\titem_id:token\tmovie_title:token_seq\n1990\ta\tA\n1991\tb\tB\n\tc\tC\n",
         );
         // Over a 2e8 s span an f32 step is ~12 s: b (5 s later in time, first in the file)
         // ties with a and stays first; c, 1000 s later, sorts after both.
@@ -205,6 +249,13 @@ mod tests {
         let data = Dataset::load_ml100k(dir.path()).unwrap();
         assert_eq!(data.history("1").unwrap().rows, vec![1, 0, 2]);
         assert_eq!(data.history("9").unwrap().rows, vec![2, 0]);
-        assert_eq!(data.catalog.texts[2], "C");
+        assert_eq!(data.catalog.texts[..], ["A (1990)", "B (1991)", "C"]);
+        write(
+            dir.path(),
+            "ml-100k.item",
+            "item_id:token\ttitle:token_seq\n",
+        );
+        let err = Dataset::load_ml100k(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no `movie_title` column"), "{err}");
     }
 }

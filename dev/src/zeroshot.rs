@@ -4,15 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::backbone::Backbone;
-use crate::bundle::{
+use crate::movielens::Catalog;
+use crate::random::SplitMix;
+use l2rec::backbone::Backbone;
+use l2rec::bundle::{
     BackboneRef, BundleWriter, Dims, Heads, HistorySpec, Items, ItemsSpec, Linear, Manifest,
     ViewSpec, Views, FORMAT, VERSION,
 };
-use crate::catalog::Catalog;
-use crate::lora::{LoraSpec, SplitMix};
-use crate::model::{item_text_states, ModelError, Progress};
-use crate::prompt::Template;
+use l2rec::lora::LoraSpec;
+use l2rec::model::{item_text_states, ModelError};
+use l2rec::progress::Progress;
+use l2rec::prompt::Template;
 
 pub const D_R: usize = 64;
 pub const D_PHI: usize = 16;
@@ -49,7 +51,7 @@ pub fn build(
     backbone: &Backbone,
     catalog: &Catalog,
     dir: &Path,
-    progress: Progress,
+    progress: &mut Progress,
 ) -> Result<PathBuf, ModelError> {
     let info = backbone.info();
     let d = info.n_embd;
@@ -269,7 +271,7 @@ mod tests {
         // Projected coordinates have unit variance.
         let proj: Vec<f32> = x
             .chunks(3)
-            .map(|r| crate::kernels::project(&pca.weight, &pca.bias, r)[0])
+            .map(|r| l2rec::kernels::project(&pca.weight, &pca.bias, r)[0])
             .collect();
         let var = proj.iter().map(|p| p * p).sum::<f32>() / proj.len() as f32;
         assert!((var - 1.0).abs() < 0.05, "variance {var}");

@@ -1,0 +1,320 @@
+//! On-device personalization (SPEC "On-device personalization"): refines a
+//! user's `phi` from their own history. The protocol, in order:
+//!
+//! 1. **linearize**: per view, passes at the current mixture, the base model
+//!    and each expert alone give `h(g)` around `g0` (`gradient::Linearization`);
+//! 2. **split** the next-item targets into train and held-back ones;
+//! 3. **descend** on the linearized train loss (`gradient.rs`);
+//! 4. **measure** the held-back loss for real, before and after;
+//! 5. **decide**: the new `phi` is returned only if that loss improved.
+//!
+//! It knows the model (states, heads, items) but no store: the engine saves.
+
+mod gradient;
+
+pub use gradient::{cross_entropy, descend, loss_and_gradient, Linearization, Problem};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{L2Rec, ModelError};
+use crate::per_view::PerView;
+use crate::progress::Progress;
+use crate::prompt::View;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PersonalizeOptions {
+    /// Gradient-descent steps on the linearized loss (no backbone work each).
+    pub steps: usize,
+    pub learning_rate: f32,
+    pub l2: f32,
+    /// Share of the user's next-item targets held back to decide whether to save.
+    pub holdout: f32,
+}
+
+impl Default for PersonalizeOptions {
+    fn default() -> Self {
+        Self {
+            steps: 30,
+            learning_rate: 0.5,
+            l2: 0.01,
+            holdout: 0.25,
+        }
+    }
+}
+
+impl PersonalizeOptions {
+    /// Most descent steps one call may take.
+    pub const MAX_STEPS: usize = 10_000;
+
+    /// Refuses options that would give NaN losses or save a `phi` no held-back
+    /// loss vouches for; the message says which and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.steps == 0 || self.steps > Self::MAX_STEPS {
+            return Err(format!(
+                "personalize steps must be 1 to {}, got {}",
+                Self::MAX_STEPS,
+                self.steps
+            ));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(format!(
+                "personalize learning_rate must be finite and above 0, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(self.l2.is_finite() && self.l2 >= 0.0) {
+            return Err(format!(
+                "personalize l2 must be finite and at least 0, got {}",
+                self.l2
+            ));
+        }
+        if !(self.holdout > 0.0 && self.holdout < 1.0) {
+            return Err(format!(
+                "personalize holdout is the share of targets held back: strictly between 0 and 1, got {}",
+                self.holdout
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PersonalizeReport {
+    pub train_loss_before: f32,
+    pub train_loss_after: f32,
+    pub held_out_loss_before: f32,
+    pub held_out_loss_after: f32,
+    pub saved: bool,
+    pub backbone_passes: usize,
+    /// `|phi_new - phi_old|` and the initial gradient's norm, for diagnosis.
+    pub phi_step: f32,
+    pub gradient_norm: f32,
+    pub reason: String,
+}
+
+impl PersonalizeReport {
+    fn not_run(reason: &str) -> Self {
+        Self {
+            train_loss_before: 0.0,
+            train_loss_after: 0.0,
+            held_out_loss_before: 0.0,
+            held_out_loss_after: 0.0,
+            saved: false,
+            backbone_passes: 0,
+            phi_step: 0.0,
+            gradient_norm: 0.0,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// What a run decided: the report, and the new `phi` when it is to be saved.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub report: PersonalizeReport,
+    pub phi: Option<Vec<f32>>,
+}
+
+/// Fewest history items a run learns from.
+pub const MIN_HISTORY: usize = 3;
+
+/// Runs the protocol for a user with `history` (catalog rows, oldest first)
+/// and current `phi0`. Progress counts backbone passes.
+pub fn run(
+    model: &mut L2Rec,
+    history: &[u32],
+    phi0: &[f32],
+    options: &PersonalizeOptions,
+    progress: &mut Progress,
+) -> Result<Outcome, ModelError> {
+    let not_run = |reason| Outcome {
+        report: PersonalizeReport::not_run(reason),
+        phi: None,
+    };
+    let experts = PerView::from_fn(|v| model.expert_count(v));
+    if experts.behavioral + experts.semantic == 0 {
+        return Ok(not_run("the bundle has no experts: nothing to personalize"));
+    }
+    // The same items recommend reads, as far as both views' prompts show them.
+    let history = model.fitting_suffix(model.recent(history))?.to_vec();
+    if history.len() < MIN_HISTORY {
+        return Ok(not_run("fewer than 3 events: not enough to learn from"));
+    }
+    let (train, held_out) = split_targets(&history, options.holdout);
+    // A cancel stops the running backbone pass too, not only the next one.
+    model.watch_cancel(progress.cancel_token());
+    let outcome = protocol(model, &history, &train, &held_out, phi0, options, progress);
+    model.watch_cancel(None);
+    outcome
+}
+
+/// The backbone passes, the descent and the decision of [`run`].
+fn protocol(
+    model: &mut L2Rec,
+    history: &[u32],
+    train: &[Target],
+    held_out: &[Target],
+    phi0: &[f32],
+    options: &PersonalizeOptions,
+    progress: &mut Progress,
+) -> Result<Outcome, ModelError> {
+    let experts = PerView::from_fn(|v| model.expert_count(v));
+    // Per view: the current and the base mixture and each expert alone; then
+    // the held-back loss before and after (two passes each).
+    let total = 2 * 2 + experts.behavioral + experts.semantic + 4;
+    let mut passes = Passes {
+        history,
+        done: 0,
+        total,
+        progress,
+    };
+    let views = PerView::try_from_fn(|view| linearize(model, &mut passes, view, phi0))?;
+
+    let heads = model.heads();
+    let problem = Problem {
+        heads,
+        views,
+        items: model.items().vectors(),
+        bias: model.items().bias(),
+        phi_mean: model.phi_mean(),
+        l2: options.l2,
+    };
+    let (train_before, gradient) = loss_and_gradient(&problem, phi0, train);
+    let cancelled = || passes.progress.is_cancelled();
+    let phi = descend(
+        &problem,
+        phi0,
+        train,
+        options.steps,
+        options.learning_rate,
+        &cancelled,
+    )?;
+    let (train_after, _) = loss_and_gradient(&problem, &phi, train);
+
+    let held_before = measured_loss(model, &mut passes, phi0, held_out)?;
+    let held_after = measured_loss(model, &mut passes, &phi, held_out)?;
+    passes.progress.finish(total);
+    let saved = held_after < held_before;
+    let report = PersonalizeReport {
+        train_loss_before: train_before,
+        train_loss_after: train_after,
+        held_out_loss_before: held_before,
+        held_out_loss_after: held_after,
+        saved,
+        backbone_passes: passes.done,
+        phi_step: distance(&phi, phi0),
+        gradient_norm: distance(&gradient, &vec![0.0; gradient.len()]),
+        reason: if saved {
+            "held-back loss improved".into()
+        } else {
+            "held-back loss did not improve; kept the old phi".into()
+        },
+    };
+    Ok(Outcome {
+        report,
+        phi: saved.then_some(phi),
+    })
+}
+
+/// A next-item target: the state after the item at `.0` predicts row `.1`.
+type Target = (usize, u32);
+
+/// The targets of a history, the last `holdout` share held back (at least
+/// one of each).
+fn split_targets(history: &[u32], holdout: f32) -> (Vec<Target>, Vec<Target>) {
+    let targets: Vec<Target> = (0..history.len() - 1)
+        .map(|t| (t, history[t + 1]))
+        .collect();
+    let held = ((targets.len() as f32 * holdout).ceil() as usize).clamp(1, targets.len() - 1);
+    let (train, held_out) = targets.split_at(targets.len() - held);
+    (train.to_vec(), held_out.to_vec())
+}
+
+/// Counts, reports and runs the backbone passes of one run (each checks
+/// for cancellation first).
+struct Passes<'p, 'a> {
+    history: &'p [u32],
+    done: usize,
+    total: usize,
+    progress: &'p mut Progress<'a>,
+}
+
+impl Passes<'_, '_> {
+    fn states(
+        &mut self,
+        model: &mut L2Rec,
+        view: View,
+        scales: &[f32],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.progress.tick(self.done, self.total)?;
+        self.done += 1;
+        let states = model.states_after_each_item(view, scales, self.history)?;
+        if states.len() != self.history.len() {
+            return Err(ModelError::Degenerate(format!(
+                "the {view} prompt kept {} of {} items",
+                states.len(),
+                self.history.len()
+            )));
+        }
+        Ok(states)
+    }
+}
+
+fn linearize(
+    model: &mut L2Rec,
+    passes: &mut Passes,
+    view: View,
+    phi0: &[f32],
+) -> Result<Linearization, ModelError> {
+    let g0 = model.heads().scales(view, phi0);
+    let at_g0 = passes.states(model, view, &g0)?;
+    let base = passes.states(model, view, &vec![0.0; g0.len()])?;
+    let mut directions = Vec::with_capacity(g0.len());
+    for k in 0..g0.len() {
+        let mut one = vec![0.0; g0.len()];
+        one[k] = 1.0;
+        let alone = passes.states(model, view, &one)?;
+        directions.push(
+            alone
+                .iter()
+                .zip(&base)
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
+                .collect(),
+        );
+    }
+    Ok(Linearization {
+        g0,
+        at_g0,
+        directions,
+    })
+}
+
+/// The mean next-item loss over `targets` from view states measured under
+/// `phi`'s mixture (not through the linear model).
+fn measured_loss(
+    model: &mut L2Rec,
+    passes: &mut Passes,
+    phi: &[f32],
+    targets: &[Target],
+) -> Result<f32, ModelError> {
+    let scales = model.heads().all_scales(phi);
+    let states = PerView::try_from_fn(|view| passes.states(model, view, &scales[view]))?;
+    let heads = model.heads();
+    let items = model.items();
+    let total: f64 = targets
+        .iter()
+        .map(|&(pos, target)| {
+            let u = heads.user(&states.behavioral[pos], &states.semantic[pos]).u;
+            cross_entropy(items.vectors(), items.bias(), &u, target).0
+        })
+        .sum();
+    Ok((total / targets.len().max(1) as f64) as f32)
+}
+
+fn distance(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
+}

@@ -1,0 +1,21 @@
+//! Developer tools around the l2rec runtime, kept out of the phone library
+//! (`l2rec` and `l2rec-ffi` never depend on this crate):
+//!
+//! - `assets`: where `scripts/fetch-assets` puts the backbone and data;
+//! - `movielens`: MovieLens-100K's atomic files as histories;
+//! - `zeroshot`: a bundle built without training (PCA of item text states);
+//! - `random`: reproducible random values and random LoRA experts;
+//! - `f16`: an F16 copy of a GGUF backbone for exact-math tests.
+//!
+//! The bare llama.cpp loop the backbone bench compares against stays in
+//! `l2rec::ffi` (it needs the FFI room), behind `l2rec`'s `bench` feature,
+//! which this crate turns on.
+#![deny(unsafe_code)]
+
+pub mod assets;
+pub mod f16;
+pub mod movielens;
+pub mod random;
+pub mod zeroshot;
+
+pub use l2rec::ffi::llama::bench_raw_decode;
