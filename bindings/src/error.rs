@@ -44,7 +44,7 @@ pub enum L2recError {
     /// Any other store failure: I/O, disk full, a store from a newer version.
     #[error("{0}")]
     Store(String),
-    /// The `Recommender` was closed (`close()`): open a new one.
+    /// The `Recommender` was shut down (`shutdown()`): open a new one.
     #[error("{0}")]
     Closed(String),
     /// A bug: an internal inconsistency or a panic, caught before it could

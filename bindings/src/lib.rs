@@ -212,10 +212,23 @@ impl Recommender {
         .await
     }
 
-    /// Destroys the user's key and records (crypto-shredding). Store only:
-    /// milliseconds.
+    /// Erases the user: destroys their key and records (crypto-shredding),
+    /// then rewrites the store so that no byte of theirs lingers in its files.
+    /// Store only: milliseconds for a phone-sized store (it rewrites it).
     pub fn forget_user(&self, user: String) -> Result<(), L2recError> {
         guard(|| Ok(self.engine()?.forget_user(&user)?))
+    }
+
+    /// Rewrites the store with live data only and returns its size on disk
+    /// before and after, in bytes (sled's log grows with rewrites).
+    pub fn compact(&self) -> Result<CompactReport, L2recError> {
+        guard(|| {
+            let report = self.engine()?.compact()?;
+            Ok(CompactReport {
+                bytes_before: report.bytes_before,
+                bytes_after: report.bytes_after,
+            })
+        })
     }
 
     /// Everything stored about the user, with float vectors as bytes.
@@ -239,12 +252,13 @@ impl Recommender {
         guard(|| Ok(self.engine()?.flush()?))
     }
 
-    /// Flushes the store and releases the model and the store (its lock is
-    /// freed once calls already running have finished). Every later call
-    /// fails with `Closed`; closing again does nothing. Use it instead of
-    /// relying on the garbage collector (Kotlin: `close()` via `use {}` also
-    /// frees the object itself).
-    pub fn close(&self) -> Result<(), L2recError> {
+    /// Flushes the store and releases the model and the store now (its lock
+    /// is freed once calls already running have finished). Every later call
+    /// fails with `Closed`; a second shutdown does nothing. For languages
+    /// whose objects are freed by a garbage collector (Python), call it
+    /// instead of relying on finalizers. (Not `close`: Kotlin's generated
+    /// `close()` already frees the object itself.)
+    pub fn shutdown(&self) -> Result<(), L2recError> {
         guard(|| {
             let engine = self
                 .engine

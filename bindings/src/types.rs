@@ -317,6 +317,13 @@ impl From<core::Stats> for Stats {
     }
 }
 
+/// What `compact()` achieved: the store's size on disk, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct CompactReport {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
 /// A stored event, as exported.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct StoredEvent {

@@ -165,6 +165,11 @@ fn measure(
         if let (Some(c), Some(want)) = (cpu, &cpu_hits) {
             fig["same_topk"] = json!(same_rows(&hits, want));
             fig["max_rel_score_diff"] = json!(max_rel_diff(&hits, want));
+            // Where the fused CPU path and this GPU disagree, how close the
+            // rows involved are to the other list's k-th score: rounding ties.
+            let (differing, gap) = disagreement(&hits, want);
+            fig["topk_rows_differing"] = json!(differing);
+            fig["differing_rows_max_rel_gap"] = json!(gap);
             // The CPU twin rounds as this GPU does: it must agree bit for bit.
             c.set_mul_add(g.mul_add());
             fig["same_topk_twin"] = json!(hits == run(c)?);
@@ -194,6 +199,26 @@ fn same_rows(a: &[Vec<Hit>], b: &[Vec<Hit>]) -> bool {
         && a.iter()
             .zip(b)
             .all(|(x, y)| x.iter().map(|h| h.row).eq(y.iter().map(|h| h.row)))
+}
+
+/// Rows in one top-k list but not the other (over all queries), and the
+/// largest relative distance of such a row's score from the k-th score of
+/// the list it is missing from: how near a tie every disagreement is.
+fn disagreement(a: &[Vec<Hit>], b: &[Vec<Hit>]) -> (usize, f64) {
+    let (mut differing, mut gap) = (0, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        for (have, lack) in [(x, y), (y, x)] {
+            let Some(kth) = lack.last().map(|h| h.score) else {
+                continue;
+            };
+            for h in have.iter().filter(|h| !lack.iter().any(|l| l.row == h.row)) {
+                differing += 1;
+                let rel = ((h.score - kth).abs() / kth.abs().max(1e-30)) as f64;
+                gap = gap.max(rel);
+            }
+        }
+    }
+    (differing / 2, gap)
 }
 
 fn max_rel_diff(a: &[Vec<Hit>], b: &[Vec<Hit>]) -> f64 {

@@ -705,10 +705,20 @@ impl Engine {
         Ok(outcome.report)
     }
 
-    /// Destroys the user's key and records (crypto-shredding).
+    /// Erases the user: destroys their key and records (crypto-shredding),
+    /// then compacts the store so that no byte derived from the user (id,
+    /// tag, events, states) lingers in sled's log, in either mode.
     pub fn forget_user(&self, user: &str) -> Result<(), EngineError> {
         self.check_id(user)?;
-        Ok(self.store.forget_user(user)?)
+        self.store.forget_user(user)?;
+        self.store.compact()?;
+        Ok(())
+    }
+
+    /// Rewrites the store with live data only (sled's log grows with
+    /// rewrites); returns its size before and after, in bytes.
+    pub fn compact(&self) -> Result<crate::store::CompactReport, EngineError> {
+        Ok(self.store.compact()?)
     }
 
     /// Everything stored about the user.

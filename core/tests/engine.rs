@@ -434,3 +434,71 @@ fn cancel_stops_each_long_call_within_a_second_and_frees_the_model() {
     };
     assert_eq!(e.recommend("long", 5, options).unwrap().len(), 5);
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// After `forget_user` (which compacts), no byte of the user's id or of
+/// their events' kinds is left in any store file, plaintext or encrypted;
+/// another user's data stays.
+#[test]
+fn forget_leaves_no_byte_of_the_user_in_the_store_files() {
+    for key in [None, Some([9u8; 32])] {
+        let f = open(key);
+        let e = &f.engine;
+        let store = f._dir.path().join("store");
+        for t in 0..20 {
+            let kind = |who: &str| format!("kind-of-{who}-q7z");
+            e.observe(
+                "gone-user-q7z",
+                &EventInput {
+                    kind: kind("gone"),
+                    ..event(&(t % 40 + 1).to_string(), t)
+                },
+            )
+            .unwrap();
+            e.observe(
+                "kept-user-q7z",
+                &EventInput {
+                    kind: kind("kept"),
+                    ..event(&(t % 40 + 1).to_string(), t)
+                },
+            )
+            .unwrap();
+        }
+        e.recommend("gone-user-q7z", 3, RecommendOptions::default())
+            .unwrap();
+        e.flush().unwrap();
+        if key.is_none() {
+            // Positive control: the scan sees plaintext.
+            assert!(!files_containing(&store, b"kind-of-kept-q7z").is_empty());
+        }
+        e.forget_user("gone-user-q7z").unwrap();
+        e.flush().unwrap();
+        for needle in [&b"gone-user-q7z"[..], b"kind-of-gone-q7z"] {
+            let left = files_containing(&store, needle);
+            assert!(
+                left.is_empty(),
+                "key {}: {:?} left in {left:?}",
+                key.is_some(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+        assert_eq!(e.export_user("kept-user-q7z").unwrap().events.len(), 20);
+    }
+}

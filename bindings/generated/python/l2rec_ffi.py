@@ -535,7 +535,9 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress() != 21580:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_l2rec_ffi_checksum_method_recommender_explain() != 15096:
+    if lib.uniffi_l2rec_ffi_checksum_method_recommender_close() != 54921:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_l2rec_ffi_checksum_method_recommender_explain() != 19063:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_recommender_export_user() != 31365:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -549,7 +551,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_recommender_personalize() != 11584:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_l2rec_ffi_checksum_method_recommender_recommend() != 30673:
+    if lib.uniffi_l2rec_ffi_checksum_method_recommender_recommend() != 64363:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_recommender_stats() != 42180:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -601,6 +603,9 @@ _UniffiLib.uniffi_l2rec_ffi_checksum_constructor_cancelhandle_new.restype = ctyp
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress.argtypes = (
 )
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress.restype = ctypes.c_uint16
+_UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_close.argtypes = (
+)
+_UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_close.restype = ctypes.c_uint16
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_explain.argtypes = (
 )
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_explain.restype = ctypes.c_uint16
@@ -659,8 +664,14 @@ _UniffiLib.uniffi_l2rec_ffi_fn_method_progresslistener_on_progress.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_l2rec_ffi_fn_method_progresslistener_on_progress.restype = None
+_UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_close.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_close.restype = None
 _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_explain.argtypes = (
     ctypes.c_uint64,
+    _UniffiRustBuffer,
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_explain.restype = ctypes.c_uint64
@@ -1529,17 +1540,18 @@ class Limits:
     """
     Bounds on what callers may pass; `None` in the config keeps the engine's.
 """
-    def __init__(self, *, max_id_bytes:int, max_text_bytes:int, max_k:int, max_items_per_call:int):
+    def __init__(self, *, max_id_bytes:int, max_text_bytes:int, max_k:int, max_items_per_call:int, max_kind_bytes:int = 64):
         self.max_id_bytes = max_id_bytes
         self.max_text_bytes = max_text_bytes
         self.max_k = max_k
         self.max_items_per_call = max_items_per_call
+        self.max_kind_bytes = max_kind_bytes
         
         
 
     
     def __str__(self):
-        return "Limits(max_id_bytes={}, max_text_bytes={}, max_k={}, max_items_per_call={})".format(self.max_id_bytes, self.max_text_bytes, self.max_k, self.max_items_per_call)
+        return "Limits(max_id_bytes={}, max_text_bytes={}, max_k={}, max_items_per_call={}, max_kind_bytes={})".format(self.max_id_bytes, self.max_text_bytes, self.max_k, self.max_items_per_call, self.max_kind_bytes)
     def __eq__(self, other):
         if self.max_id_bytes != other.max_id_bytes:
             return False
@@ -1548,6 +1560,8 @@ class Limits:
         if self.max_k != other.max_k:
             return False
         if self.max_items_per_call != other.max_items_per_call:
+            return False
+        if self.max_kind_bytes != other.max_kind_bytes:
             return False
         return True
 
@@ -1559,6 +1573,7 @@ class _UniffiFfiConverterTypeLimits(_UniffiConverterRustBuffer):
             max_text_bytes=_UniffiFfiConverterUInt32.read(buf),
             max_k=_UniffiFfiConverterUInt32.read(buf),
             max_items_per_call=_UniffiFfiConverterUInt32.read(buf),
+            max_kind_bytes=_UniffiFfiConverterUInt32.read(buf),
         )
 
     @staticmethod
@@ -1567,6 +1582,7 @@ class _UniffiFfiConverterTypeLimits(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt32.check_lower(value.max_text_bytes)
         _UniffiFfiConverterUInt32.check_lower(value.max_k)
         _UniffiFfiConverterUInt32.check_lower(value.max_items_per_call)
+        _UniffiFfiConverterUInt32.check_lower(value.max_kind_bytes)
 
     @staticmethod
     def write(value, buf):
@@ -1574,6 +1590,7 @@ class _UniffiFfiConverterTypeLimits(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt32.write(value.max_text_bytes, buf)
         _UniffiFfiConverterUInt32.write(value.max_k, buf)
         _UniffiFfiConverterUInt32.write(value.max_items_per_call, buf)
+        _UniffiFfiConverterUInt32.write(value.max_kind_bytes, buf)
 
 @dataclass
 class PersonalizeOptions:
@@ -2511,6 +2528,13 @@ class L2recError:  # type: ignore
         def __repr__(self):
             return "L2recError.Store({})".format(repr(str(self)))
     _UniffiTempL2recError.Store = Store # type: ignore
+    class Closed(_UniffiTempL2recError):
+        """
+        The `Recommender` was closed (`close()`): open a new one.
+"""
+        def __repr__(self):
+            return "L2recError.Closed({})".format(repr(str(self)))
+    _UniffiTempL2recError.Closed = Closed # type: ignore
     class Internal(_UniffiTempL2recError):
         """
         A bug: an internal inconsistency or a panic, caught before it could
@@ -2565,6 +2589,10 @@ class _UniffiFfiConverterTypeL2recError(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterString.read(buf),
             )
         if variant == 10:
+            return L2recError.Closed(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 11:
             return L2recError.Internal(
                 _UniffiFfiConverterString.read(buf),
             )
@@ -2590,6 +2618,8 @@ class _UniffiFfiConverterTypeL2recError(_UniffiConverterRustBuffer):
             return
         if isinstance(value, L2recError.Store):
             return
+        if isinstance(value, L2recError.Closed):
+            return
         if isinstance(value, L2recError.Internal):
             return
 
@@ -2613,8 +2643,10 @@ class _UniffiFfiConverterTypeL2recError(_UniffiConverterRustBuffer):
             buf.write_i32(8)
         if isinstance(value, L2recError.Store):
             buf.write_i32(9)
-        if isinstance(value, L2recError.Internal):
+        if isinstance(value, L2recError.Closed):
             buf.write_i32(10)
+        if isinstance(value, L2recError.Internal):
+            buf.write_i32(11)
 
 
 class CancelHandleProtocol(typing.Protocol):
@@ -2858,6 +2890,31 @@ class _UniffiFfiConverterTypeProgressListener:
     def write(cls, value: ProgressListener, buf: _UniffiRustBuffer):
         buf.write_u64(cls.lower(value))
 
+class _UniffiFfiConverterOptionalTypeCancelHandle(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeCancelHandle.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeCancelHandle.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeCancelHandle.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
 class _UniffiFfiConverterOptionalTypePersonalizeOptions(_UniffiConverterRustBuffer):
     @classmethod
     def check_lower(cls, value):
@@ -2905,31 +2962,6 @@ class _UniffiFfiConverterOptionalTypeProgressListener(_UniffiConverterRustBuffer
             return None
         elif flag == 1:
             return _UniffiFfiConverterTypeProgressListener.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
-
-class _UniffiFfiConverterOptionalTypeCancelHandle(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterTypeCancelHandle.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterTypeCancelHandle.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterTypeCancelHandle.read(buf)
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
@@ -3010,10 +3042,20 @@ class RecommenderProtocol(typing.Protocol):
     The on-device recommender: one per store, shared by all threads.
 """
     
-    async def explain(self, user: str) -> Explanation:
+    def close(self, ) -> None:
+        """
+        Flushes the store and releases the model and the store (its lock is
+        freed once calls already running have finished). Every later call
+        fails with `Closed`; closing again does nothing. Use it instead of
+        relying on the garbage collector (Kotlin: `close()` via `use {}` also
+        frees the object itself).
+"""
+        raise NotImplementedError
+    async def explain(self, user: str,cancel: typing.Union[object, typing.Optional[CancelHandle]] = _DEFAULT) -> Explanation:
         """
         Expert scales, view weights, and the history items behind each of the
-        top 10 recommendations.
+        top 10 recommendations. A cancelled handle stops it, also inside a
+        backbone pass.
 """
         raise NotImplementedError
     def export_user(self, user: str) -> UserExport:
@@ -3056,8 +3098,7 @@ class RecommenderProtocol(typing.Protocol):
     async def recommend(self, user: str,k: int,options: typing.Union[object, typing.Optional[RecommendOptions]] = _DEFAULT,cancel: typing.Union[object, typing.Optional[CancelHandle]] = _DEFAULT) -> typing.List[Recommendation]:
         """
         The top `k` items for `user`; a user without events gets the most
-        popular ones. The engine cannot stop a recommend midway: a cancelled
-        handle is checked before it starts and when it ends.
+        popular ones. A cancelled handle stops it, also inside a backbone pass.
 """
         raise NotImplementedError
     async def stats(self, ) -> Stats:
@@ -3132,16 +3173,41 @@ class Recommender(RecommenderProtocol):
         inst = cls.__new__(cls)
         inst._handle = handle
         return inst
-    async def explain(self, user: str) -> Explanation:
+    def close(self, ) -> None:
+        """
+        Flushes the store and releases the model and the store (its lock is
+        freed once calls already running have finished). Every later call
+        fails with `Closed`; closing again does nothing. Use it instead of
+        relying on the garbage collector (Kotlin: `close()` via `use {}` also
+        frees the object itself).
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeL2recError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_close,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    async def explain(self, user: str,cancel: typing.Union[object, typing.Optional[CancelHandle]] = _DEFAULT) -> Explanation:
         """
         Expert scales, view weights, and the history items behind each of the
-        top 10 recommendations.
+        top 10 recommendations. A cancelled handle stops it, also inside a
+        backbone pass.
 """
         
         _UniffiFfiConverterString.check_lower(user)
+
+        if cancel is _DEFAULT:
+            cancel = None
+        _UniffiFfiConverterOptionalTypeCancelHandle.check_lower(cancel)
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
             _UniffiFfiConverterString.lower(user),
+            _UniffiFfiConverterOptionalTypeCancelHandle.lower(cancel),
         )
         _uniffi_lift_return = _UniffiFfiConverterTypeExplanation.lift
         _uniffi_error_converter = _UniffiFfiConverterTypeL2recError
@@ -3290,8 +3356,7 @@ class Recommender(RecommenderProtocol):
     async def recommend(self, user: str,k: int,options: typing.Union[object, typing.Optional[RecommendOptions]] = _DEFAULT,cancel: typing.Union[object, typing.Optional[CancelHandle]] = _DEFAULT) -> typing.List[Recommendation]:
         """
         The top `k` items for `user`; a user without events gets the most
-        popular ones. The engine cannot stop a recommend midway: a cancelled
-        handle is checked before it starts and when it ends.
+        popular ones. A cancelled handle stops it, also inside a backbone pass.
 """
         
         _UniffiFfiConverterString.check_lower(user)

@@ -981,10 +981,20 @@ public func FfiConverterTypeProgressListener_lower(_ value: ProgressListener) ->
 public protocol RecommenderProtocol: AnyObject, Sendable {
     
     /**
-     * Expert scales, view weights, and the history items behind each of the
-     * top 10 recommendations.
+     * Flushes the store and releases the model and the store (its lock is
+     * freed once calls already running have finished). Every later call
+     * fails with `Closed`; closing again does nothing. Use it instead of
+     * relying on the garbage collector (Kotlin: `close()` via `use {}` also
+     * frees the object itself).
      */
-    func explain(user: String) async throws  -> Explanation
+    func close() throws 
+    
+    /**
+     * Expert scales, view weights, and the history items behind each of the
+     * top 10 recommendations. A cancelled handle stops it, also inside a
+     * backbone pass.
+     */
+    func explain(user: String, cancel: CancelHandle?) async throws  -> Explanation
     
     /**
      * Everything stored about the user, with float vectors as bytes.
@@ -1025,8 +1035,7 @@ public protocol RecommenderProtocol: AnyObject, Sendable {
     
     /**
      * The top `k` items for `user`; a user without events gets the most
-     * popular ones. The engine cannot stop a recommend midway: a cancelled
-     * handle is checked before it starts and when it ends.
+     * popular ones. A cancelled handle stops it, also inside a backbone pass.
      */
     func recommend(user: String, k: UInt32, options: RecommendOptions?, cancel: CancelHandle?) async throws  -> [Recommendation]
     
@@ -1120,15 +1129,31 @@ public static func `open`(config: RecommenderConfig, progress: ProgressListener?
 
     
     /**
-     * Expert scales, view weights, and the history items behind each of the
-     * top 10 recommendations.
+     * Flushes the store and releases the model and the store (its lock is
+     * freed once calls already running have finished). Every later call
+     * fails with `Closed`; closing again does nothing. Use it instead of
+     * relying on the garbage collector (Kotlin: `close()` via `use {}` also
+     * frees the object itself).
      */
-open func explain(user: String)async throws  -> Explanation  {
+open func close()throws   {try rustCallWithError(FfiConverterTypeL2recError_lift) {
+        uniffiCallStatus in
+    uniffi_l2rec_ffi_fn_method_recommender_close(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Expert scales, view weights, and the history items behind each of the
+     * top 10 recommendations. A cancelled handle stops it, also inside a
+     * backbone pass.
+     */
+open func explain(user: String, cancel: CancelHandle? = nil)async throws  -> Explanation  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_l2rec_ffi_fn_method_recommender_explain(
-                        self.uniffiCloneHandle(),FfiConverterString.lower(user)
+                        self.uniffiCloneHandle(),FfiConverterString.lower(user),FfiConverterOptionTypeCancelHandle.lower(cancel)
                 )
             },
             pollFunc: ffi_l2rec_ffi_rust_future_poll_rust_buffer,
@@ -1235,8 +1260,7 @@ open func personalize(user: String, options: PersonalizeOptions? = nil, progress
     
     /**
      * The top `k` items for `user`; a user without events gets the most
-     * popular ones. The engine cannot stop a recommend midway: a cancelled
-     * handle is checked before it starts and when it ends.
+     * popular ones. A cancelled handle stops it, also inside a backbone pass.
      */
 open func recommend(user: String, k: UInt32, options: RecommendOptions? = nil, cancel: CancelHandle? = nil)async throws  -> [Recommendation]  {
     return
@@ -1549,14 +1573,22 @@ public struct Limits: Equatable, Hashable {
     public var maxTextBytes: UInt32
     public var maxK: UInt32
     public var maxItemsPerCall: UInt32
+    /**
+     * Longest event kind, in bytes.
+     */
+    public var maxKindBytes: UInt32
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(maxIdBytes: UInt32, maxTextBytes: UInt32, maxK: UInt32, maxItemsPerCall: UInt32) {
+    public init(maxIdBytes: UInt32, maxTextBytes: UInt32, maxK: UInt32, maxItemsPerCall: UInt32, 
+        /**
+         * Longest event kind, in bytes.
+         */maxKindBytes: UInt32 = UInt32(64)) {
         self.maxIdBytes = maxIdBytes
         self.maxTextBytes = maxTextBytes
         self.maxK = maxK
         self.maxItemsPerCall = maxItemsPerCall
+        self.maxKindBytes = maxKindBytes
     }
 
     
@@ -1578,7 +1610,8 @@ public struct FfiConverterTypeLimits: FfiConverterRustBuffer {
                 maxIdBytes: FfiConverterUInt32.read(from: &buf), 
                 maxTextBytes: FfiConverterUInt32.read(from: &buf), 
                 maxK: FfiConverterUInt32.read(from: &buf), 
-                maxItemsPerCall: FfiConverterUInt32.read(from: &buf)
+                maxItemsPerCall: FfiConverterUInt32.read(from: &buf), 
+                maxKindBytes: FfiConverterUInt32.read(from: &buf)
         )
     }
 
@@ -1587,6 +1620,7 @@ public struct FfiConverterTypeLimits: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.maxTextBytes, into: &buf)
         FfiConverterUInt32.write(value.maxK, into: &buf)
         FfiConverterUInt32.write(value.maxItemsPerCall, into: &buf)
+        FfiConverterUInt32.write(value.maxKindBytes, into: &buf)
     }
 }
 
@@ -2649,6 +2683,11 @@ enum L2recError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case Store(message: String)
     
     /**
+     * The `Recommender` was closed (`close()`): open a new one.
+     */
+    case Closed(message: String)
+    
+    /**
      * A bug: an internal inconsistency or a panic, caught before it could
      * cross the boundary. Please report it with the message.
      */
@@ -2719,7 +2758,11 @@ public struct FfiConverterTypeL2recError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 10: return .Internal(
+        case 10: return .Closed(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 11: return .Internal(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -2752,8 +2795,10 @@ public struct FfiConverterTypeL2recError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(8))
         case .Store(_ /* message is ignored*/):
             writeInt(&buf, Int32(9))
-        case .Internal(_ /* message is ignored*/):
+        case .Closed(_ /* message is ignored*/):
             writeInt(&buf, Int32(10))
+        case .Internal(_ /* message is ignored*/):
+            writeInt(&buf, Int32(11))
 
         
         }
@@ -3276,7 +3321,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress() != 21580) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_l2rec_ffi_checksum_method_recommender_explain() != 15096) {
+    if (uniffi_l2rec_ffi_checksum_method_recommender_close() != 54921) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_l2rec_ffi_checksum_method_recommender_explain() != 19063) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_l2rec_ffi_checksum_method_recommender_export_user() != 31365) {
@@ -3297,7 +3345,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_l2rec_ffi_checksum_method_recommender_personalize() != 11584) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_l2rec_ffi_checksum_method_recommender_recommend() != 30673) {
+    if (uniffi_l2rec_ffi_checksum_method_recommender_recommend() != 64363) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_l2rec_ffi_checksum_method_recommender_stats() != 42180) {

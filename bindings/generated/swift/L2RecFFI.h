@@ -320,9 +320,14 @@ void uniffi_l2rec_ffi_fn_free_recommender(uint64_t handle, RustCallStatus *_Nonn
 uint64_t uniffi_l2rec_ffi_fn_constructor_recommender_open(RustBuffer config, RustBuffer progress, RustBuffer cancel
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_CLOSE
+#define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_CLOSE
+void uniffi_l2rec_ffi_fn_method_recommender_close(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_EXPLAIN
 #define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_EXPLAIN
-uint64_t uniffi_l2rec_ffi_fn_method_recommender_explain(uint64_t ptr, RustBuffer user
+uint64_t uniffi_l2rec_ffi_fn_method_recommender_explain(uint64_t ptr, RustBuffer user, RustBuffer cancel
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_EXPORT_USER
@@ -657,6 +662,12 @@ uint16_t uniffi_l2rec_ffi_checksum_method_cancelhandle_is_cancelled(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_PROGRESSLISTENER_ON_PROGRESS
 #define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_PROGRESSLISTENER_ON_PROGRESS
 uint16_t uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_CLOSE
+#define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_CLOSE
+uint16_t uniffi_l2rec_ffi_checksum_method_recommender_close(void
     
 );
 #endif

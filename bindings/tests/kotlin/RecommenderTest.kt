@@ -2,8 +2,11 @@
 // Linux library and the real backbone: the flow an Android app goes through.
 //
 //   java ... RecommenderTestKt <model.gguf> <bundle dir> <scratch dir>
+//   java ... RecommenderTestKt exit-with-live-objects <model.gguf> <bundle dir> <store dir>
 //
 // scripts/test-bindings compiles and runs it; it prints "N passed, N failed".
+// The second form opens, makes async calls and lets the JVM exit with the
+// Recommender alive; the script runs it 50 times and counts the aborts.
 
 import dev.l2rec.*
 import java.io.File
@@ -64,7 +67,21 @@ private fun floats(bytes: ByteArray): FloatArray {
     return FloatArray(buffer.remaining()).also { buffer.get(it) }
 }
 
+/** Opens, makes async calls, and returns with the Recommender alive. */
+private fun exitWithLiveObjects(model: String, bundle: String, store: String) = runBlocking {
+    val config = RecommenderConfig(modelPath = model, bundleDir = bundle, storePath = store, threads = 1u)
+    val rec = Recommender.open(config)
+    rec.observe("u", Event(itemId = "1", timestampMs = 1L, kind = "view"))
+    rec.recommend("u", 3u)
+    rec.stats()
+    Unit
+}
+
 fun main(args: Array<String>) {
+    if (args.size == 4 && args[0] == "exit-with-live-objects") {
+        exitWithLiveObjects(args[1], args[2], args[3])
+        return
+    }
     require(args.size == 3) { "usage: RecommenderTestKt <model.gguf> <bundle dir> <scratch dir>" }
     val (model, bundle, scratch) = args
     var stores = 0

@@ -281,6 +281,8 @@ pub struct Context {
     ptr: NonNull<sys::llama_context>,
     batch: sys::llama_batch,
     params: ContextParams,
+    // Read by the bench's raw decode loop only.
+    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
     n_embd: usize,
     // The adapters currently set, kept alive while llama.cpp refers to them.
     adapters: Vec<Adapter>,

@@ -104,40 +104,87 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes what a crash can leave behind: records of users without a
-    /// `users` entry (a forget cut short), and in an encrypted store, users
-    /// without a key (shredded, records not yet deleted) and keys without a
-    /// user (created just before a crash). Runs at open, before any other use.
+    /// Finishes what a crash can leave behind, and refuses what only damage
+    /// explains. Runs at open, before any other use.
+    ///
+    /// - A user with a forget intent (`forget_user` writes one before it
+    ///   shreds and removes it when done) is forgotten completely.
+    /// - A key without any record of its user (created just before a crash)
+    ///   is dropped.
+    /// - Records whose owner is not live (no `users` entry, or in an
+    ///   encrypted store no key) and no forget intent: the keyring or the
+    ///   database was damaged or replaced. Nothing is deleted; open fails with
+    ///   `Corrupt`, saying how many users and what to do.
     pub(crate) fn sweep_orphans(&self) -> Result<(), StoreError> {
         let trees = self.trees()?;
         let listed = distinct_tags(&self.root, &trees.users)?;
-        let live = match &self.protection {
+        let mut owners = listed.clone();
+        for name in PER_USER_TREES {
+            owners.extend(distinct_tags(&self.root, trees.tree(name))?);
+        }
+        let intents = forget_intents(&self.root, &trees)?;
+        let live: BTreeSet<UserTag> = match &self.protection {
             Protection::Plaintext => listed,
             Protection::Encrypted { keyring, .. } => {
                 let mut keyring = keyring.lock().unwrap_or_else(|p| p.into_inner());
                 let unused: Vec<UserTag> = keyring
                     .tags()
                     .into_iter()
-                    .filter(|t| !listed.contains(t))
+                    .filter(|t| !owners.contains(t) || intents.contains(t))
                     .collect();
                 keyring.remove(&unused)?;
                 listed.into_iter().filter(|t| keyring.contains(t)).collect()
             }
         };
-        let mut orphans = BTreeSet::new();
-        for name in PER_USER_TREES {
-            let tags = distinct_tags(&self.root, trees.tree(name))?;
-            orphans.extend(tags.into_iter().filter(|t| !live.contains(t)));
+        let damaged = owners
+            .iter()
+            .filter(|t| !live.contains(*t) && !intents.contains(*t))
+            .count();
+        if damaged > 0 {
+            let lost = match &self.protection {
+                Protection::Plaintext => "a `users` entry",
+                Protection::Encrypted { .. } => "a `users` entry or a key in the keyring",
+            };
+            return Err(StoreError::corrupt(
+                &self.root,
+                format!(
+                    "{damaged} user(s) have records but lack {lost} (the keyring or the database                      was replaced, edited or damaged; nothing was deleted): restore the keyring                      and database that belong together, or delete the store"
+                ),
+            ));
         }
-        for tag in &orphans {
+        for tag in &intents {
             self.delete_user_records(&trees, tag)?;
+            trees
+                .meta
+                .remove(forget_intent_key(tag))
+                .map_err(|e| StoreError::db(&self.root, "clearing a forget intent", e))?;
         }
-        if !orphans.is_empty() {
-            tracing::info!(path = %self.root.display(), users = orphans.len(), "swept records of forgotten users");
+        if !intents.is_empty() {
+            tracing::info!(path = %self.root.display(), users = intents.len(), "finished forgetting users");
             trees.sync(&self.root, "flushing the sweep")?;
         }
         Ok(())
     }
+}
+
+/// The `meta` key that records a forget in progress for `tag`.
+pub(crate) fn forget_intent_key(tag: &UserTag) -> Vec<u8> {
+    [FORGET_INTENT_PREFIX, tag.as_slice()].concat()
+}
+
+const FORGET_INTENT_PREFIX: &[u8] = b"forgetting/";
+
+/// Users with a forget intent.
+fn forget_intents(root: &Path, trees: &Trees) -> Result<BTreeSet<UserTag>, StoreError> {
+    let mut tags = BTreeSet::new();
+    for entry in trees.meta.scan_prefix(FORGET_INTENT_PREFIX) {
+        let (key, _) = entry.map_err(|e| StoreError::db(root, "listing forget intents", e))?;
+        let tag = key[FORGET_INTENT_PREFIX.len()..]
+            .try_into()
+            .map_err(|_| StoreError::corrupt(root, "a forget intent has a malformed user tag"))?;
+        tags.insert(tag);
+    }
+    Ok(tags)
 }
 
 /// The user tags present in a per-user tree: one seek per user, not one step

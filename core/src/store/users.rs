@@ -6,6 +6,7 @@ use super::layout::{
     event_key, event_seq, view_state_key, UserEntry, UserTag, ViewStateEntry, EVENTS,
     PER_USER_TREES, USERS, USER_RECORDS, VIEW_STATES,
 };
+use super::maintenance::forget_intent_key;
 use super::{
     Event, ExportedEvent, ExportedViewState, Protection, Store, StoreError, UserExport, UserKey,
     UserRecord, ViewStateKey,
@@ -195,8 +196,16 @@ impl Store {
         let tag = self.tag(user)?;
         let trees = self.trees()?;
         let _lock = self.lock_user(&tag);
-        // Shred first: once the key is gone, records left by a crash below are
-        // unreadable, and `open` sweeps them.
+        // The intent first, durably: a crash below leaves records that `open`
+        // then knows to delete (records without an owner and without an intent
+        // are damage, and open refuses them).
+        let intent = forget_intent_key(&tag);
+        trees
+            .meta
+            .insert(intent.as_slice(), &[][..])
+            .map_err(|e| StoreError::db(&self.root, "recording a forget", e))?;
+        trees.sync(&self.root, "recording a forget")?;
+        // Shred next: once the key is gone, nothing left can be read.
         if let Protection::Encrypted { keyring, .. } = &self.protection {
             keyring
                 .lock()
@@ -204,6 +213,10 @@ impl Store {
                 .remove(&[tag])?;
         }
         self.delete_user_records(&trees, &tag)?;
+        trees
+            .meta
+            .remove(intent)
+            .map_err(|e| StoreError::db(&self.root, "clearing a forget intent", e))?;
         trees.sync(&self.root, "flushing a forget")?;
         Ok(())
     }

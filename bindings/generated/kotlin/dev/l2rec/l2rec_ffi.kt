@@ -712,6 +712,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress(
     ): Int
+    external fun uniffi_l2rec_ffi_checksum_method_recommender_close(
+    ): Int
     external fun uniffi_l2rec_ffi_checksum_method_recommender_explain(
     ): Int
     external fun uniffi_l2rec_ffi_checksum_method_recommender_export_user(
@@ -781,7 +783,9 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_l2rec_ffi_fn_constructor_recommender_open(`config`: RustBuffer.ByValue,`progress`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_l2rec_ffi_fn_method_recommender_explain(`ptr`: Long,`user`: RustBuffer.ByValue,
+    external fun uniffi_l2rec_ffi_fn_method_recommender_close(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_l2rec_ffi_fn_method_recommender_explain(`ptr`: Long,`user`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_l2rec_ffi_fn_method_recommender_export_user(`ptr`: Long,`user`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -934,7 +938,10 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress() and 0xFFFF) != 21580) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_explain() and 0xFFFF) != 15096) {
+    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_close() and 0xFFFF) != 54921) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_explain() and 0xFFFF) != 19063) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_export_user() and 0xFFFF) != 31365) {
@@ -955,7 +962,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_personalize() and 0xFFFF) != 11584) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_recommend() and 0xFFFF) != 30673) {
+    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_recommend() and 0xFFFF) != 64363) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_stats() and 0xFFFF) != 42180) {
@@ -2097,10 +2104,20 @@ public object FfiConverterTypeProgressListener: FfiConverter<ProgressListener, L
 public interface RecommenderInterface {
     
     /**
-     * Expert scales, view weights, and the history items behind each of the
-     * top 10 recommendations.
+     * Flushes the store and releases the model and the store (its lock is
+     * freed once calls already running have finished). Every later call
+     * fails with `Closed`; closing again does nothing. Use it instead of
+     * relying on the garbage collector (Kotlin: `close()` via `use {}` also
+     * frees the object itself).
      */
-    suspend fun `explain`(`user`: kotlin.String): Explanation
+    fun `close`()
+    
+    /**
+     * Expert scales, view weights, and the history items behind each of the
+     * top 10 recommendations. A cancelled handle stops it, also inside a
+     * backbone pass.
+     */
+    suspend fun `explain`(`user`: kotlin.String, `cancel`: CancelHandle? = null): Explanation
     
     /**
      * Everything stored about the user, with float vectors as bytes.
@@ -2141,8 +2158,7 @@ public interface RecommenderInterface {
     
     /**
      * The top `k` items for `user`; a user without events gets the most
-     * popular ones. The engine cannot stop a recommend midway: a cancelled
-     * handle is checked before it starts and when it ends.
+     * popular ones. A cancelled handle stops it, also inside a backbone pass.
      */
     suspend fun `recommend`(`user`: kotlin.String, `k`: kotlin.UInt, `options`: RecommendOptions? = null, `cancel`: CancelHandle? = null): List<Recommendation>
     
@@ -2267,18 +2283,40 @@ open class Recommender: Disposable, AutoCloseable, RecommenderInterface
 
     
     /**
+     * Flushes the store and releases the model and the store (its lock is
+     * freed once calls already running have finished). Every later call
+     * fails with `Closed`; closing again does nothing. Use it instead of
+     * relying on the garbage collector (Kotlin: `close()` via `use {}` also
+     * frees the object itself).
+     */
+    @Throws(L2recException::class)override fun `close`()
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(L2recException) { _status ->
+    UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_close(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+    /**
      * Expert scales, view weights, and the history items behind each of the
-     * top 10 recommendations.
+     * top 10 recommendations. A cancelled handle stops it, also inside a
+     * backbone pass.
      */
     @Throws(L2recException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `explain`(`user`: kotlin.String) : Explanation {
+    override suspend fun `explain`(`user`: kotlin.String, `cancel`: CancelHandle?) : Explanation {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
             UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_explain(
                 uniffiHandle,
                 
         FfiConverterString.lower(`user`),
+        FfiConverterOptionalTypeCancelHandle.lower(`cancel`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_l2rec_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
@@ -2424,8 +2462,7 @@ open class Recommender: Disposable, AutoCloseable, RecommenderInterface
     
     /**
      * The top `k` items for `user`; a user without events gets the most
-     * popular ones. The engine cannot stop a recommend midway: a cancelled
-     * handle is checked before it starts and when it ends.
+     * popular ones. A cancelled handle stops it, also inside a backbone pass.
      */
     @Throws(L2recException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -2721,6 +2758,11 @@ data class Limits (
     var `maxK`: kotlin.UInt
     , 
     var `maxItemsPerCall`: kotlin.UInt
+    , 
+    /**
+     * Longest event kind, in bytes.
+     */
+    var `maxKindBytes`: kotlin.UInt = 64u 
     
 ){
     
@@ -2741,6 +2783,7 @@ public object FfiConverterTypeLimits: FfiConverterRustBuffer<Limits> {
             FfiConverterUInt.read(buf),
             FfiConverterUInt.read(buf),
             FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
         )
     }
 
@@ -2748,7 +2791,8 @@ public object FfiConverterTypeLimits: FfiConverterRustBuffer<Limits> {
             FfiConverterUInt.allocationSize(value.`maxIdBytes`) +
             FfiConverterUInt.allocationSize(value.`maxTextBytes`) +
             FfiConverterUInt.allocationSize(value.`maxK`) +
-            FfiConverterUInt.allocationSize(value.`maxItemsPerCall`)
+            FfiConverterUInt.allocationSize(value.`maxItemsPerCall`) +
+            FfiConverterUInt.allocationSize(value.`maxKindBytes`)
     )
 
     override fun write(value: Limits, buf: ByteBuffer) {
@@ -2756,6 +2800,7 @@ public object FfiConverterTypeLimits: FfiConverterRustBuffer<Limits> {
             FfiConverterUInt.write(value.`maxTextBytes`, buf)
             FfiConverterUInt.write(value.`maxK`, buf)
             FfiConverterUInt.write(value.`maxItemsPerCall`, buf)
+            FfiConverterUInt.write(value.`maxKindBytes`, buf)
     }
 }
 
@@ -3581,6 +3626,11 @@ sealed class L2recException(message: String): kotlin.Exception(message) {
         class Store(message: String) : L2recException(message)
         
     /**
+     * The `Recommender` was closed (`close()`): open a new one.
+     */
+        class Closed(message: String) : L2recException(message)
+        
+    /**
      * A bug: an internal inconsistency or a panic, caught before it could
      * cross the boundary. Please report it with the message.
      */
@@ -3608,7 +3658,8 @@ public object FfiConverterTypeL2recError : FfiConverterRustBuffer<L2recException
             7 -> L2recException.StoreKey(FfiConverterString.read(buf))
             8 -> L2recException.StoreCorrupt(FfiConverterString.read(buf))
             9 -> L2recException.Store(FfiConverterString.read(buf))
-            10 -> L2recException.Internal(FfiConverterString.read(buf))
+            10 -> L2recException.Closed(FfiConverterString.read(buf))
+            11 -> L2recException.Internal(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
         
@@ -3656,8 +3707,12 @@ public object FfiConverterTypeL2recError : FfiConverterRustBuffer<L2recException
                 buf.putInt(9)
                 Unit
             }
-            is L2recException.Internal -> {
+            is L2recException.Closed -> {
                 buf.putInt(10)
+                Unit
+            }
+            is L2recException.Internal -> {
+                buf.putInt(11)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
