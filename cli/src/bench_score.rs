@@ -170,6 +170,7 @@ fn measure(
             let (differing, gap) = disagreement(&hits, want);
             fig["topk_rows_differing"] = json!(differing);
             fig["differing_rows_max_rel_gap"] = json!(gap);
+            fig["topk_positions_differing"] = json!(positions_differing(&hits, want));
             // The CPU twin rounds as this GPU does: it must agree bit for bit.
             c.set_mul_add(g.mul_add());
             fig["same_topk_twin"] = json!(hits == run(c)?);
@@ -219,6 +220,14 @@ fn disagreement(a: &[Vec<Hit>], b: &[Vec<Hit>]) -> (usize, f64) {
         }
     }
     (differing / 2, gap)
+}
+
+/// Positions (over all queries) whose rows differ: reorderings included.
+fn positions_differing(a: &[Vec<Hit>], b: &[Vec<Hit>]) -> usize {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).filter(|(p, q)| p.row != q.row).count())
+        .sum()
 }
 
 fn max_rel_diff(a: &[Vec<Hit>], b: &[Vec<Hit>]) -> f64 {
