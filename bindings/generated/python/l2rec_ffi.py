@@ -535,7 +535,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress() != 21580:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_l2rec_ffi_checksum_method_recommender_close() != 54921:
+    if lib.uniffi_l2rec_ffi_checksum_method_recommender_compact() != 10130:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_recommender_explain() != 19063:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -545,13 +545,15 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_recommender_flush() != 44490:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_l2rec_ffi_checksum_method_recommender_forget_user() != 27889:
+    if lib.uniffi_l2rec_ffi_checksum_method_recommender_forget_user() != 45984:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_recommender_observe() != 24550:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_recommender_personalize() != 11584:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_recommender_recommend() != 64363:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_l2rec_ffi_checksum_method_recommender_shutdown() != 9009:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_l2rec_ffi_checksum_method_recommender_stats() != 42180:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -603,9 +605,9 @@ _UniffiLib.uniffi_l2rec_ffi_checksum_constructor_cancelhandle_new.restype = ctyp
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress.argtypes = (
 )
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress.restype = ctypes.c_uint16
-_UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_close.argtypes = (
+_UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_compact.argtypes = (
 )
-_UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_close.restype = ctypes.c_uint16
+_UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_compact.restype = ctypes.c_uint16
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_explain.argtypes = (
 )
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_explain.restype = ctypes.c_uint16
@@ -630,6 +632,9 @@ _UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_personalize.restype = ct
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_recommend.argtypes = (
 )
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_recommend.restype = ctypes.c_uint16
+_UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_shutdown.argtypes = (
+)
+_UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_shutdown.restype = ctypes.c_uint16
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_stats.argtypes = (
 )
 _UniffiLib.uniffi_l2rec_ffi_checksum_method_recommender_stats.restype = ctypes.c_uint16
@@ -664,11 +669,11 @@ _UniffiLib.uniffi_l2rec_ffi_fn_method_progresslistener_on_progress.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_l2rec_ffi_fn_method_progresslistener_on_progress.restype = None
-_UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_close.argtypes = (
+_UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_compact.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
 )
-_UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_close.restype = None
+_UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_compact.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_explain.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -720,6 +725,11 @@ _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_recommend.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_recommend.restype = ctypes.c_uint64
+_UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_shutdown.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_shutdown.restype = None
 _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_stats.argtypes = (
     ctypes.c_uint64,
 )
@@ -1084,6 +1094,58 @@ async def _uniffi_rust_call_async(rust_future, ffi_poll, ffi_complete, ffi_free,
 
 # Public interface members begin here.
 
+
+class _UniffiFfiConverterUInt64(_UniffiConverterPrimitiveInt):
+    CLASS_NAME = "u64"
+    VALUE_MIN = 0
+    VALUE_MAX = 2**64
+
+    @staticmethod
+    def read(buf):
+        return buf.read_u64()
+
+    @staticmethod
+    def write(value, buf):
+        buf.write_u64(value)
+
+@dataclass
+class CompactReport:
+    """
+    What `compact()` achieved: the store's size on disk, in bytes.
+"""
+    def __init__(self, *, bytes_before:int, bytes_after:int):
+        self.bytes_before = bytes_before
+        self.bytes_after = bytes_after
+        
+        
+
+    
+    def __str__(self):
+        return "CompactReport(bytes_before={}, bytes_after={})".format(self.bytes_before, self.bytes_after)
+    def __eq__(self, other):
+        if self.bytes_before != other.bytes_before:
+            return False
+        if self.bytes_after != other.bytes_after:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeCompactReport(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return CompactReport(
+            bytes_before=_UniffiFfiConverterUInt64.read(buf),
+            bytes_after=_UniffiFfiConverterUInt64.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.bytes_before)
+        _UniffiFfiConverterUInt64.check_lower(value.bytes_after)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.bytes_before, buf)
+        _UniffiFfiConverterUInt64.write(value.bytes_after, buf)
 
 class _UniffiFfiConverterString:
     @staticmethod
@@ -1663,19 +1725,6 @@ class _UniffiFfiConverterBoolean:
     @classmethod
     def write(cls, value, buf):
         buf.write_u8(value)
-
-class _UniffiFfiConverterUInt64(_UniffiConverterPrimitiveInt):
-    CLASS_NAME = "u64"
-    VALUE_MIN = 0
-    VALUE_MAX = 2**64
-
-    @staticmethod
-    def read(buf):
-        return buf.read_u64()
-
-    @staticmethod
-    def write(value, buf):
-        buf.write_u64(value)
 
 @dataclass
 class PersonalizeReport:
@@ -2530,7 +2579,7 @@ class L2recError:  # type: ignore
     _UniffiTempL2recError.Store = Store # type: ignore
     class Closed(_UniffiTempL2recError):
         """
-        The `Recommender` was closed (`close()`): open a new one.
+        The `Recommender` was shut down (`shutdown()`): open a new one.
 """
         def __repr__(self):
             return "L2recError.Closed({})".format(repr(str(self)))
@@ -3042,13 +3091,10 @@ class RecommenderProtocol(typing.Protocol):
     The on-device recommender: one per store, shared by all threads.
 """
     
-    def close(self, ) -> None:
+    def compact(self, ) -> CompactReport:
         """
-        Flushes the store and releases the model and the store (its lock is
-        freed once calls already running have finished). Every later call
-        fails with `Closed`; closing again does nothing. Use it instead of
-        relying on the garbage collector (Kotlin: `close()` via `use {}` also
-        frees the object itself).
+        Rewrites the store with live data only and returns its size on disk
+        before and after, in bytes (sled's log grows with rewrites).
 """
         raise NotImplementedError
     async def explain(self, user: str,cancel: typing.Union[object, typing.Optional[CancelHandle]] = _DEFAULT) -> Explanation:
@@ -3077,8 +3123,9 @@ class RecommenderProtocol(typing.Protocol):
         raise NotImplementedError
     def forget_user(self, user: str) -> None:
         """
-        Destroys the user's key and records (crypto-shredding). Store only:
-        milliseconds.
+        Erases the user: destroys their key and records (crypto-shredding),
+        then rewrites the store so that no byte of theirs lingers in its files.
+        Store only: milliseconds for a phone-sized store (it rewrites it).
 """
         raise NotImplementedError
     async def observe(self, user: str,event: Event) -> int:
@@ -3099,6 +3146,16 @@ class RecommenderProtocol(typing.Protocol):
         """
         The top `k` items for `user`; a user without events gets the most
         popular ones. A cancelled handle stops it, also inside a backbone pass.
+"""
+        raise NotImplementedError
+    def shutdown(self, ) -> None:
+        """
+        Flushes the store and releases the model and the store now (its lock
+        is freed once calls already running have finished). Every later call
+        fails with `Closed`; a second shutdown does nothing. For languages
+        whose objects are freed by a garbage collector (Python), call it
+        instead of relying on finalizers. (Not `close`: Kotlin's generated
+        `close()` already frees the object itself.)
 """
         raise NotImplementedError
     async def stats(self, ) -> Stats:
@@ -3173,22 +3230,19 @@ class Recommender(RecommenderProtocol):
         inst = cls.__new__(cls)
         inst._handle = handle
         return inst
-    def close(self, ) -> None:
+    def compact(self, ) -> CompactReport:
         """
-        Flushes the store and releases the model and the store (its lock is
-        freed once calls already running have finished). Every later call
-        fails with `Closed`; closing again does nothing. Use it instead of
-        relying on the garbage collector (Kotlin: `close()` via `use {}` also
-        frees the object itself).
+        Rewrites the store with live data only and returns its size on disk
+        before and after, in bytes (sled's log grows with rewrites).
 """
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
         )
-        _uniffi_lift_return = lambda val: None
+        _uniffi_lift_return = _UniffiFfiConverterTypeCompactReport.lift
         _uniffi_error_converter = _UniffiFfiConverterTypeL2recError
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
-            _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_close,
+            _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_compact,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
@@ -3274,8 +3328,9 @@ class Recommender(RecommenderProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     def forget_user(self, user: str) -> None:
         """
-        Destroys the user's key and records (crypto-shredding). Store only:
-        milliseconds.
+        Erases the user: destroys their key and records (crypto-shredding),
+        then rewrites the store so that no byte of theirs lingers in its files.
+        Store only: milliseconds for a phone-sized store (it rewrites it).
 """
         
         _UniffiFfiConverterString.check_lower(user)
@@ -3387,6 +3442,26 @@ class Recommender(RecommenderProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    def shutdown(self, ) -> None:
+        """
+        Flushes the store and releases the model and the store now (its lock
+        is freed once calls already running have finished). Every later call
+        fails with `Closed`; a second shutdown does nothing. For languages
+        whose objects are freed by a garbage collector (Python), call it
+        instead of relying on finalizers. (Not `close`: Kotlin's generated
+        `close()` already frees the object itself.)
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeL2recError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_shutdown,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
     async def stats(self, ) -> Stats:
         """
         Counts and sizes; takes the model lock, so it waits for a running call.
@@ -3485,6 +3560,7 @@ __all__ = [
     "HistoryView",
     "Durability",
     "L2recError",
+    "CompactReport",
     "Event",
     "ViewExplanation",
     "Reason",

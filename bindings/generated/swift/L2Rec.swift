@@ -981,13 +981,10 @@ public func FfiConverterTypeProgressListener_lower(_ value: ProgressListener) ->
 public protocol RecommenderProtocol: AnyObject, Sendable {
     
     /**
-     * Flushes the store and releases the model and the store (its lock is
-     * freed once calls already running have finished). Every later call
-     * fails with `Closed`; closing again does nothing. Use it instead of
-     * relying on the garbage collector (Kotlin: `close()` via `use {}` also
-     * frees the object itself).
+     * Rewrites the store with live data only and returns its size on disk
+     * before and after, in bytes (sled's log grows with rewrites).
      */
-    func close() throws 
+    func compact() throws  -> CompactReport
     
     /**
      * Expert scales, view weights, and the history items behind each of the
@@ -1014,8 +1011,9 @@ public protocol RecommenderProtocol: AnyObject, Sendable {
     func flush() throws 
     
     /**
-     * Destroys the user's key and records (crypto-shredding). Store only:
-     * milliseconds.
+     * Erases the user: destroys their key and records (crypto-shredding),
+     * then rewrites the store so that no byte of theirs lingers in its files.
+     * Store only: milliseconds for a phone-sized store (it rewrites it).
      */
     func forgetUser(user: String) throws 
     
@@ -1038,6 +1036,16 @@ public protocol RecommenderProtocol: AnyObject, Sendable {
      * popular ones. A cancelled handle stops it, also inside a backbone pass.
      */
     func recommend(user: String, k: UInt32, options: RecommendOptions?, cancel: CancelHandle?) async throws  -> [Recommendation]
+    
+    /**
+     * Flushes the store and releases the model and the store now (its lock
+     * is freed once calls already running have finished). Every later call
+     * fails with `Closed`; a second shutdown does nothing. For languages
+     * whose objects are freed by a garbage collector (Python), call it
+     * instead of relying on finalizers. (Not `close`: Kotlin's generated
+     * `close()` already frees the object itself.)
+     */
+    func shutdown() throws 
     
     /**
      * Counts and sizes; takes the model lock, so it waits for a running call.
@@ -1129,18 +1137,16 @@ public static func `open`(config: RecommenderConfig, progress: ProgressListener?
 
     
     /**
-     * Flushes the store and releases the model and the store (its lock is
-     * freed once calls already running have finished). Every later call
-     * fails with `Closed`; closing again does nothing. Use it instead of
-     * relying on the garbage collector (Kotlin: `close()` via `use {}` also
-     * frees the object itself).
+     * Rewrites the store with live data only and returns its size on disk
+     * before and after, in bytes (sled's log grows with rewrites).
      */
-open func close()throws   {try rustCallWithError(FfiConverterTypeL2recError_lift) {
+open func compact()throws  -> CompactReport  {
+    return try  FfiConverterTypeCompactReport_lift(try rustCallWithError(FfiConverterTypeL2recError_lift) {
         uniffiCallStatus in
-    uniffi_l2rec_ffi_fn_method_recommender_close(
+    uniffi_l2rec_ffi_fn_method_recommender_compact(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
-}
+})
 }
     
     /**
@@ -1204,8 +1210,9 @@ open func flush()throws   {try rustCallWithError(FfiConverterTypeL2recError_lift
 }
     
     /**
-     * Destroys the user's key and records (crypto-shredding). Store only:
-     * milliseconds.
+     * Erases the user: destroys their key and records (crypto-shredding),
+     * then rewrites the store so that no byte of theirs lingers in its files.
+     * Store only: milliseconds for a phone-sized store (it rewrites it).
      */
 open func forgetUser(user: String)throws   {try rustCallWithError(FfiConverterTypeL2recError_lift) {
         uniffiCallStatus in
@@ -1276,6 +1283,22 @@ open func recommend(user: String, k: UInt32, options: RecommendOptions? = nil, c
             liftFunc: FfiConverterSequenceTypeRecommendation.lift,
             errorHandler: FfiConverterTypeL2recError_lift
         )
+}
+    
+    /**
+     * Flushes the store and releases the model and the store now (its lock
+     * is freed once calls already running have finished). Every later call
+     * fails with `Closed`; a second shutdown does nothing. For languages
+     * whose objects are freed by a garbage collector (Python), call it
+     * instead of relying on finalizers. (Not `close`: Kotlin's generated
+     * `close()` already frees the object itself.)
+     */
+open func shutdown()throws   {try rustCallWithError(FfiConverterTypeL2recError_lift) {
+        uniffiCallStatus in
+    uniffi_l2rec_ffi_fn_method_recommender_shutdown(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -1364,6 +1387,63 @@ public func FfiConverterTypeRecommender_lower(_ value: Recommender) -> UInt64 {
 }
 
 
+
+
+/**
+ * What `compact()` achieved: the store's size on disk, in bytes.
+ */
+public struct CompactReport: Equatable, Hashable {
+    public var bytesBefore: UInt64
+    public var bytesAfter: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(bytesBefore: UInt64, bytesAfter: UInt64) {
+        self.bytesBefore = bytesBefore
+        self.bytesAfter = bytesAfter
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension CompactReport: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeCompactReport: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> CompactReport {
+        return
+            try CompactReport(
+                bytesBefore: FfiConverterUInt64.read(from: &buf), 
+                bytesAfter: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: CompactReport, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.bytesBefore, into: &buf)
+        FfiConverterUInt64.write(value.bytesAfter, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCompactReport_lift(_ buf: RustBuffer) throws -> CompactReport {
+    return try FfiConverterTypeCompactReport.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCompactReport_lower(_ value: CompactReport) -> RustBuffer {
+    return FfiConverterTypeCompactReport.lower(value)
+}
 
 
 /**
@@ -2683,7 +2763,7 @@ enum L2recError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case Store(message: String)
     
     /**
-     * The `Recommender` was closed (`close()`): open a new one.
+     * The `Recommender` was shut down (`shutdown()`): open a new one.
      */
     case Closed(message: String)
     
@@ -3321,7 +3401,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress() != 21580) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_l2rec_ffi_checksum_method_recommender_close() != 54921) {
+    if (uniffi_l2rec_ffi_checksum_method_recommender_compact() != 10130) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_l2rec_ffi_checksum_method_recommender_explain() != 19063) {
@@ -3336,7 +3416,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_l2rec_ffi_checksum_method_recommender_flush() != 44490) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_l2rec_ffi_checksum_method_recommender_forget_user() != 27889) {
+    if (uniffi_l2rec_ffi_checksum_method_recommender_forget_user() != 45984) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_l2rec_ffi_checksum_method_recommender_observe() != 24550) {
@@ -3346,6 +3426,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_l2rec_ffi_checksum_method_recommender_recommend() != 64363) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_l2rec_ffi_checksum_method_recommender_shutdown() != 9009) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_l2rec_ffi_checksum_method_recommender_stats() != 42180) {

@@ -320,9 +320,9 @@ void uniffi_l2rec_ffi_fn_free_recommender(uint64_t handle, RustCallStatus *_Nonn
 uint64_t uniffi_l2rec_ffi_fn_constructor_recommender_open(RustBuffer config, RustBuffer progress, RustBuffer cancel
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_CLOSE
-void uniffi_l2rec_ffi_fn_method_recommender_close(uint64_t ptr, RustCallStatus *_Nonnull out_status
+#ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_COMPACT
+#define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_COMPACT
+RustBuffer uniffi_l2rec_ffi_fn_method_recommender_compact(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_EXPLAIN
@@ -363,6 +363,11 @@ uint64_t uniffi_l2rec_ffi_fn_method_recommender_personalize(uint64_t ptr, RustBu
 #ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_RECOMMEND
 #define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_RECOMMEND
 uint64_t uniffi_l2rec_ffi_fn_method_recommender_recommend(uint64_t ptr, RustBuffer user, uint32_t k, RustBuffer options, RustBuffer cancel
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_SHUTDOWN
+void uniffi_l2rec_ffi_fn_method_recommender_shutdown(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_FN_METHOD_RECOMMENDER_STATS
@@ -665,9 +670,9 @@ uint16_t uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_CLOSE
-uint16_t uniffi_l2rec_ffi_checksum_method_recommender_close(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_COMPACT
+#define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_COMPACT
+uint16_t uniffi_l2rec_ffi_checksum_method_recommender_compact(void
     
 );
 #endif
@@ -716,6 +721,12 @@ uint16_t uniffi_l2rec_ffi_checksum_method_recommender_personalize(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_RECOMMEND
 #define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_RECOMMEND
 uint16_t uniffi_l2rec_ffi_checksum_method_recommender_recommend(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_L2REC_FFI_CHECKSUM_METHOD_RECOMMENDER_SHUTDOWN
+uint16_t uniffi_l2rec_ffi_checksum_method_recommender_shutdown(void
     
 );
 #endif

@@ -712,7 +712,7 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress(
     ): Int
-    external fun uniffi_l2rec_ffi_checksum_method_recommender_close(
+    external fun uniffi_l2rec_ffi_checksum_method_recommender_compact(
     ): Int
     external fun uniffi_l2rec_ffi_checksum_method_recommender_explain(
     ): Int
@@ -729,6 +729,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_l2rec_ffi_checksum_method_recommender_personalize(
     ): Int
     external fun uniffi_l2rec_ffi_checksum_method_recommender_recommend(
+    ): Int
+    external fun uniffi_l2rec_ffi_checksum_method_recommender_shutdown(
     ): Int
     external fun uniffi_l2rec_ffi_checksum_method_recommender_stats(
     ): Int
@@ -783,8 +785,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_l2rec_ffi_fn_constructor_recommender_open(`config`: RustBuffer.ByValue,`progress`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_l2rec_ffi_fn_method_recommender_close(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Unit
+    external fun uniffi_l2rec_ffi_fn_method_recommender_compact(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_l2rec_ffi_fn_method_recommender_explain(`ptr`: Long,`user`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_l2rec_ffi_fn_method_recommender_export_user(`ptr`: Long,`user`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -801,6 +803,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_l2rec_ffi_fn_method_recommender_recommend(`ptr`: Long,`user`: RustBuffer.ByValue,`k`: Int,`options`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_l2rec_ffi_fn_method_recommender_shutdown(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_l2rec_ffi_fn_method_recommender_stats(`ptr`: Long,
     ): Long
     external fun uniffi_l2rec_ffi_fn_method_recommender_upsert_items(`ptr`: Long,`items`: RustBuffer.ByValue,`progress`: RustBuffer.ByValue,`cancel`: RustBuffer.ByValue,
@@ -938,7 +942,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_l2rec_ffi_checksum_method_progresslistener_on_progress() and 0xFFFF) != 21580) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_close() and 0xFFFF) != 54921) {
+    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_compact() and 0xFFFF) != 10130) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_explain() and 0xFFFF) != 19063) {
@@ -953,7 +957,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_flush() and 0xFFFF) != 44490) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_forget_user() and 0xFFFF) != 27889) {
+    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_forget_user() and 0xFFFF) != 45984) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_observe() and 0xFFFF) != 24550) {
@@ -963,6 +967,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_recommend() and 0xFFFF) != 64363) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_shutdown() and 0xFFFF) != 9009) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_l2rec_ffi_checksum_method_recommender_stats() and 0xFFFF) != 42180) {
@@ -2104,13 +2111,10 @@ public object FfiConverterTypeProgressListener: FfiConverter<ProgressListener, L
 public interface RecommenderInterface {
     
     /**
-     * Flushes the store and releases the model and the store (its lock is
-     * freed once calls already running have finished). Every later call
-     * fails with `Closed`; closing again does nothing. Use it instead of
-     * relying on the garbage collector (Kotlin: `close()` via `use {}` also
-     * frees the object itself).
+     * Rewrites the store with live data only and returns its size on disk
+     * before and after, in bytes (sled's log grows with rewrites).
      */
-    fun `close`()
+    fun `compact`(): CompactReport
     
     /**
      * Expert scales, view weights, and the history items behind each of the
@@ -2137,8 +2141,9 @@ public interface RecommenderInterface {
     fun `flush`()
     
     /**
-     * Destroys the user's key and records (crypto-shredding). Store only:
-     * milliseconds.
+     * Erases the user: destroys their key and records (crypto-shredding),
+     * then rewrites the store so that no byte of theirs lingers in its files.
+     * Store only: milliseconds for a phone-sized store (it rewrites it).
      */
     fun `forgetUser`(`user`: kotlin.String)
     
@@ -2161,6 +2166,16 @@ public interface RecommenderInterface {
      * popular ones. A cancelled handle stops it, also inside a backbone pass.
      */
     suspend fun `recommend`(`user`: kotlin.String, `k`: kotlin.UInt, `options`: RecommendOptions? = null, `cancel`: CancelHandle? = null): List<Recommendation>
+    
+    /**
+     * Flushes the store and releases the model and the store now (its lock
+     * is freed once calls already running have finished). Every later call
+     * fails with `Closed`; a second shutdown does nothing. For languages
+     * whose objects are freed by a garbage collector (Python), call it
+     * instead of relying on finalizers. (Not `close`: Kotlin's generated
+     * `close()` already frees the object itself.)
+     */
+    fun `shutdown`()
     
     /**
      * Counts and sizes; takes the model lock, so it waits for a running call.
@@ -2283,22 +2298,20 @@ open class Recommender: Disposable, AutoCloseable, RecommenderInterface
 
     
     /**
-     * Flushes the store and releases the model and the store (its lock is
-     * freed once calls already running have finished). Every later call
-     * fails with `Closed`; closing again does nothing. Use it instead of
-     * relying on the garbage collector (Kotlin: `close()` via `use {}` also
-     * frees the object itself).
+     * Rewrites the store with live data only and returns its size on disk
+     * before and after, in bytes (sled's log grows with rewrites).
      */
-    @Throws(L2recException::class)override fun `close`()
-        = 
+    @Throws(L2recException::class)override fun `compact`(): CompactReport {
+            return FfiConverterTypeCompactReport.lift(
     callWithHandle {
     uniffiRustCallWithError(L2recException) { _status ->
-    UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_close(
+    UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_compact(
         it,
         _status)
 }
     }
-    
+    )
+    }
     
 
     
@@ -2385,8 +2398,9 @@ open class Recommender: Disposable, AutoCloseable, RecommenderInterface
 
     
     /**
-     * Destroys the user's key and records (crypto-shredding). Store only:
-     * milliseconds.
+     * Erases the user: destroys their key and records (crypto-shredding),
+     * then rewrites the store so that no byte of theirs lingers in its files.
+     * Store only: milliseconds for a phone-sized store (it rewrites it).
      */
     @Throws(L2recException::class)override fun `forgetUser`(`user`: kotlin.String)
         = 
@@ -2487,6 +2501,27 @@ open class Recommender: Disposable, AutoCloseable, RecommenderInterface
         L2recException.ErrorHandler,
     )
     }
+
+    
+    /**
+     * Flushes the store and releases the model and the store now (its lock
+     * is freed once calls already running have finished). Every later call
+     * fails with `Closed`; a second shutdown does nothing. For languages
+     * whose objects are freed by a garbage collector (Python), call it
+     * instead of relying on finalizers. (Not `close`: Kotlin's generated
+     * `close()` already frees the object itself.)
+     */
+    @Throws(L2recException::class)override fun `shutdown`()
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(L2recException) { _status ->
+    UniffiLib.uniffi_l2rec_ffi_fn_method_recommender_shutdown(
+        it,
+        _status)
+}
+    }
+    
+    
 
     
     /**
@@ -2599,6 +2634,47 @@ public object FfiConverterTypeRecommender: FfiConverter<Recommender, Long> {
 
     override fun write(value: Recommender, buf: ByteBuffer) {
         buf.putLong(lower(value))
+    }
+}
+
+
+
+/**
+ * What `compact()` achieved: the store's size on disk, in bytes.
+ */
+data class CompactReport (
+    var `bytesBefore`: kotlin.ULong
+    , 
+    var `bytesAfter`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeCompactReport: FfiConverterRustBuffer<CompactReport> {
+    override fun read(buf: ByteBuffer): CompactReport {
+        return CompactReport(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: CompactReport) = (
+            FfiConverterULong.allocationSize(value.`bytesBefore`) +
+            FfiConverterULong.allocationSize(value.`bytesAfter`)
+    )
+
+    override fun write(value: CompactReport, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`bytesBefore`, buf)
+            FfiConverterULong.write(value.`bytesAfter`, buf)
     }
 }
 
@@ -3626,7 +3702,7 @@ sealed class L2recException(message: String): kotlin.Exception(message) {
         class Store(message: String) : L2recException(message)
         
     /**
-     * The `Recommender` was closed (`close()`): open a new one.
+     * The `Recommender` was shut down (`shutdown()`): open a new one.
      */
         class Closed(message: String) : L2recException(message)
         
