@@ -60,10 +60,9 @@ impl From<EngineError> for L2recError {
             EngineError::Invalid(_) => Self::InvalidArgument(message),
             EngineError::UnknownItem(_) => Self::UnknownItem(message),
             EngineError::Cancelled => Self::Cancelled(message),
+            EngineError::Model(model) if model.is_cancelled() => Self::Cancelled(message),
             EngineError::Model(model) => match model {
-                ModelError::Cancelled | ModelError::Backbone(BackboneError::Cancelled) => {
-                    Self::Cancelled(message)
-                }
+                ModelError::Cancelled => Self::Cancelled(message),
                 ModelError::Backbone(
                     BackboneError::PromptTooLong { .. } | BackboneError::EmptyPrompt,
                 ) => Self::InvalidArgument(message),

@@ -353,15 +353,22 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The model, its backbone passes stopped by `cancel` until the guard
-    /// drops (which also releases the lock). Fails at once if `cancel` is set.
-    fn model_watching(&self, cancel: &CancelToken) -> Result<Watched<'_>, EngineError> {
+    /// The model, its backbone passes stopped by `cancel` (inside a pass,
+    /// not only between them) until the guard drops, which also releases
+    /// the lock.
+    fn model_watching(&self, cancel: Option<&CancelToken>) -> Watched<'_> {
+        let model = self.model();
+        model.watch_cancel(cancel);
+        Watched(model)
+    }
+
+    /// [`Engine::model_watching`] for a call that fails at once if `cancel`
+    /// is already set.
+    fn model_for(&self, cancel: &CancelToken) -> Result<Watched<'_>, EngineError> {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let model = self.model();
-        model.watch_cancel(Some(cancel));
-        Ok(Watched(model))
+        Ok(self.model_watching(Some(cancel)))
     }
 
     fn check_id(&self, id: &str) -> Result<(), EngineError> {
@@ -573,7 +580,7 @@ impl Engine {
                 self.limits.max_k
             )));
         }
-        let mut model = self.model_watching(cancel)?;
+        let mut model = self.model_for(cancel)?;
         let history = self.history(&model, user)?;
         if history.is_empty() {
             return self.popular(&model, k);
@@ -662,7 +669,7 @@ impl Engine {
         cancel: &CancelToken,
     ) -> Result<Explanation, EngineError> {
         self.check_id(user)?;
-        let mut model = self.model_watching(cancel)?;
+        let mut model = self.model_for(cancel)?;
         let history = self.history(&model, user)?;
         let phi = self.phi(user)?;
         if history.is_empty() {
@@ -694,7 +701,7 @@ impl Engine {
     ) -> Result<PersonalizeReport, EngineError> {
         self.check_id(user)?;
         options.validate().map_err(EngineError::Invalid)?;
-        let mut model = self.model();
+        let mut model = self.model_watching(progress.cancel_token());
         let history = self.history(&model, user)?;
         let phi0 = self.phi(user)?;
         let outcome = crate::personalize::run(&mut model, &history, &phi0, &options, progress)?;

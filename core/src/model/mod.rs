@@ -187,11 +187,7 @@ impl L2Rec {
 
     /// The heads' forward over this bundle's layers.
     pub fn heads(&self) -> HeadsForward<'_> {
-        let views = &self.bundle.manifest.views;
-        HeadsForward::new(
-            &self.bundle.heads,
-            PerView::new(views.behavioral.k, views.semantic.k),
-        )
+        heads_of(&self.bundle)
     }
 
     /// The catalog: bundle items, then cold items.
@@ -376,14 +372,16 @@ fn mixture<'e>(experts: &'e [Expert], scales: &[f32]) -> Vec<(&'e Expert, f32)> 
     experts.iter().zip(scales.iter().copied()).collect()
 }
 
+/// The forward of `bundle`'s heads with its views' `k_v`.
+fn heads_of(bundle: &Bundle) -> HeadsForward<'_> {
+    let views = &bundle.manifest.views;
+    HeadsForward::new(&bundle.heads, views.as_ref().map(|_, v| v.k))
+}
+
 /// The bundle's items with `e_i = E[i] + Q t_i + q`.
 fn bundle_items(bundle: &Bundle, text_states: &[f32]) -> ItemTable {
     let (d, d_r) = (bundle.manifest.dims.d, bundle.manifest.dims.d_r);
-    let views = &bundle.manifest.views;
-    let heads = HeadsForward::new(
-        &bundle.heads,
-        PerView::new(views.behavioral.k, views.semantic.k),
-    );
+    let heads = heads_of(bundle);
     let items = &bundle.items;
     let vectors = text_states
         .chunks_exact(d)

@@ -141,11 +141,7 @@ pub fn run(
         return Ok(not_run("fewer than 3 events: not enough to learn from"));
     }
     let (train, held_out) = split_targets(&history, options.holdout);
-    // A cancel stops the running backbone pass too, not only the next one.
-    model.watch_cancel(progress.cancel_token());
-    let outcome = protocol(model, &history, &train, &held_out, phi0, options, progress);
-    model.watch_cancel(None);
-    outcome
+    protocol(model, &history, &train, &held_out, phi0, options, progress)
 }
 
 /// The backbone passes, the descent and the decision of [`run`].
@@ -202,8 +198,8 @@ fn protocol(
         held_out_loss_after: held_after,
         saved,
         backbone_passes: passes.done,
-        phi_step: distance(&phi, phi0),
-        gradient_norm: distance(&gradient, &vec![0.0; gradient.len()]),
+        phi_step: norm(phi.iter().zip(phi0).map(|(a, b)| a - b)),
+        gradient_norm: norm(gradient.iter().copied()),
         reason: if saved {
             "held-back loss improved".into()
         } else {
@@ -311,10 +307,6 @@ fn measured_loss(
     Ok((total / targets.len().max(1) as f64) as f32)
 }
 
-fn distance(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
+fn norm(values: impl Iterator<Item = f32>) -> f32 {
+    values.map(|x| x * x).sum::<f32>().sqrt()
 }
