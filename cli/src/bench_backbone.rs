@@ -88,10 +88,9 @@ fn semantic_prompt(data: &Dataset, items: usize) -> (String, String) {
     let (_, template) = l2rec_dev::zeroshot::default_templates();
     let rows = &data.histories[0].rows;
     let render = |n: usize| {
-        let refs = rows[..n].iter().map(|&r| ItemRef {
-            id: &data.catalog.ids[r as usize],
-            text: &data.catalog.texts[r as usize],
-        });
+        let refs = rows[..n]
+            .iter()
+            .map(|&r| ItemRef::text_only(&data.catalog.texts[r as usize]));
         template.render(View::Semantic, refs)
     };
     (render(items - 1), render(items))

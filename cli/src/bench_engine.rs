@@ -10,6 +10,7 @@ use l2rec::engine::*;
 use l2rec::lora::LoraSpec;
 use l2rec::prompt::View;
 use l2rec::store::Durability;
+use l2rec_dev::memory::MemorySampler;
 use l2rec_dev::movielens::Dataset;
 use l2rec_dev::random::{write_random_expert, SplitMix};
 use serde_json::json;
@@ -138,6 +139,7 @@ fn observe_p50(engine: &Engine, user: &str, data: &Dataset, n: usize) -> anyhow:
 
 pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     let model = l2rec_dev::assets::model_path()?;
+    let memory = MemorySampler::start(&model, Duration::from_millis(10));
     let info = ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
     let data = Dataset::load_ml100k(&l2rec_dev::assets::ml100k_dir()?)?;
     let tmp = tempfile::tempdir()?;
@@ -208,6 +210,8 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     let observe_batched = observe_p50(&batched, "observer", &data, args.events)?;
     drop(batched);
 
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let peaks = memory.finish().unwrap_or_default();
     let catalog_bytes = data.catalog.len() * (64 * 4 + 4)
         + std::fs::metadata(bundle.join("items.safetensors"))?.len() as usize;
     let out = json!({
@@ -219,6 +223,12 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
         "personalize_ms": personalize,
         "personalize": report,
         "peak_rss_mb": peak_rss_mb(),
+        // What a phone counts (l2rec_dev::memory): the dirty peak, and the
+        // clean file-backed pages at the resident peak, model and the rest.
+        "dirty_peak_mb": mib(peaks.dirty),
+        "file_model_mb": mib(peaks.at_rss_peak.file_model),
+        "file_other_mb": mib(peaks.at_rss_peak.file_other),
+        "memory_samples": peaks.samples,
         "model_bytes": info.file_bytes,
         "catalog_bytes": catalog_bytes,
         "rss_budget_mb": 1.3 * (info.file_bytes as f64 + catalog_bytes as f64) / (1024.0 * 1024.0),

@@ -616,7 +616,7 @@ impl Engine {
     ) -> Result<Preference, EngineError> {
         let recent = model.recent(history);
         let ids: Vec<&str> = recent.iter().map(|&r| model.items().id(r)).collect();
-        let scales = model.heads().all_scales(phi);
+        let scales = model.scales(phi, history)?;
         let keys = PerView::from_fn(|v| ViewStateKey {
             view: v.name().to_owned(),
             history_hash: history_key(v, &scales[v], &ids),
@@ -624,7 +624,7 @@ impl Engine {
         });
         let cached = PerView::try_from_fn(|v| self.store.view_state(user, &keys[v]))?;
         if let (Some(h_b), Some(h_s)) = (cached.behavioral, cached.semantic) {
-            return Ok(model.preference_from_states(phi, PerView::new(h_b, h_s))?);
+            return Ok(model.preference_from_states(phi, history, PerView::new(h_b, h_s))?);
         }
         let pref = model.preference(phi, history)?;
         for view in View::BOTH {
@@ -674,7 +674,7 @@ impl Engine {
         let phi = self.phi(user)?;
         if history.is_empty() {
             return Ok(Explanation {
-                expert_scales: model.heads().all_scales(&phi),
+                expert_scales: model.scales(&phi, &history)?,
                 view_weight: PerView::new(0.5, 0.5),
                 reasons: Vec::new(),
             });

@@ -37,10 +37,8 @@ fn history_prompt(items: usize) -> String {
     let rows = &longest.rows[..items];
     template.render(
         View::Semantic,
-        rows.iter().map(|&r| ItemRef {
-            id: &data.catalog.ids[r as usize],
-            text: &data.catalog.texts[r as usize],
-        }),
+        rows.iter()
+            .map(|&r| ItemRef::text_only(&data.catalog.texts[r as usize])),
     )
 }
 

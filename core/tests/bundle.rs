@@ -365,7 +365,7 @@ fn unknown_version_wrong_format_and_bad_json() {
         open(&dir),
         Err(BundleError::Version {
             found: 99,
-            supported: 1,
+            supported: 2,
             ..
         })
     ));
@@ -430,10 +430,46 @@ fn inconsistent_manifest() {
 #[test]
 fn errors_name_the_file_and_say_what_to_do() {
     let (_d, dir) = fresh();
-    edit_json(&dir, |v| v["version"] = 2.into());
+    edit_json(&dir, |v| v["version"] = 3.into());
     let msg = open(&dir).unwrap_err().to_string();
     assert!(
         msg.contains("manifest.json") && msg.contains("update l2rec"),
         "{msg}"
     );
+}
+
+#[test]
+fn version_2_fields_are_checked() {
+    // A version 1 manifest may not use version 2's fields.
+    let (_d, dir) = fresh();
+    edit_json(&dir, |v| v["encoder"] = "gru".into());
+    let msg = open(&dir).unwrap_err().to_string();
+    assert!(msg.contains("need version 2"), "{msg}");
+    // Codes are for the behavioral view only.
+    let (_d, dir) = fresh();
+    edit_json(&dir, |v| {
+        v["version"] = 2.into();
+        v["views"]["semantic"]["render"] = "codes".into();
+    });
+    let msg = open(&dir).unwrap_err().to_string();
+    assert!(msg.contains("behavioral view"), "{msg}");
+    // A version 2 encoder needs its tensors; codes need the items' codes.
+    let (_d, dir) = fresh();
+    edit_json(&dir, |v| {
+        v["version"] = 2.into();
+        v["encoder"] = "gru".into();
+    });
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::MissingTensor { name, .. }) if name == "gate.behavioral.read"
+    ));
+    let (_d, dir) = fresh();
+    edit_json(&dir, |v| {
+        v["version"] = 2.into();
+        v["views"]["behavioral"]["render"] = "codes".into();
+    });
+    assert!(matches!(
+        open(&dir),
+        Err(BundleError::Metadata { key, .. }) if key == "item_codes"
+    ));
 }

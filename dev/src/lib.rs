@@ -5,7 +5,8 @@
 //! - `movielens`: MovieLens-100K's atomic files as histories;
 //! - `zeroshot`: a bundle built without training (PCA of item text states);
 //! - `random`: reproducible random values and random LoRA experts;
-//! - `f16`: an F16 copy of a GGUF backbone for exact-math tests.
+//! - `f16`: an F16 copy of a GGUF backbone for exact-math tests;
+//! - `memory`: the memory a phone counts (dirty, model, other files), sampled.
 //!
 //! The bare llama.cpp loop the backbone bench compares against stays in
 //! `l2rec::ffi` (it needs the FFI room), behind `l2rec`'s `bench` feature,
@@ -14,6 +15,7 @@
 
 pub mod assets;
 pub mod f16;
+pub mod memory;
 pub mod movielens;
 pub mod random;
 pub mod zeroshot;

@@ -9,7 +9,7 @@ use crate::random::SplitMix;
 use l2rec::backbone::Backbone;
 use l2rec::bundle::{
     BackboneRef, BundleWriter, Dims, Heads, HistorySpec, Items, ItemsSpec, Linear, Manifest,
-    ViewSpec, Views, FORMAT, VERSION,
+    ViewSpec, Views, FORMAT,
 };
 use l2rec::lora::LoraSpec;
 use l2rec::model::{item_text_states, ModelError};
@@ -67,7 +67,7 @@ pub fn build(
     }
     let manifest = Manifest {
         format: FORMAT.into(),
-        version: VERSION,
+        version: 1,
         name: "zero-shot-ml-100k".into(),
         backbone: BackboneRef {
             file: info
@@ -85,11 +85,13 @@ pub fn build(
                 experts: 0,
                 k: 0,
                 template: behavioral,
+                render: Default::default(),
             },
             semantic: ViewSpec {
                 experts: 0,
                 k: 0,
                 template: semantic,
+                render: Default::default(),
             },
         },
         lora: LoraSpec {
@@ -109,11 +111,15 @@ pub fn build(
         items: ItemsSpec {
             count: catalog.len(),
         },
+        encoder: Default::default(),
+        max_text_chars: 0,
         files: Default::default(),
     };
     let heads = Heads {
         gate_behavioral: Linear::zeros(0, D_PHI),
         gate_semantic: Linear::zeros(0, D_PHI),
+        gate_read: Default::default(),
+        encoder: None,
         phi_mean: vec![0.0; D_PHI],
         proj_behavioral: pca.clone(),
         proj_semantic: pca.clone(),
@@ -126,6 +132,7 @@ pub fn build(
         id_embedding: vec![0.0; catalog.len() * D_R],
         bias: vec![0.0; catalog.len()],
         text_state: Some(states),
+        codes: None,
     };
     let writer = BundleWriter::new(dir, manifest)?;
     writer.write_heads(&heads)?;

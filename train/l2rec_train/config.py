@@ -13,7 +13,9 @@ from pathlib import Path
 from .backbone import MODULES
 from .prompts import DEFAULT_TEMPLATES, VIEWS
 
-FUSIONS = ("adaptive",) + VIEWS
+FUSIONS = ("adaptive",) + VIEWS + ("collab",)
+ENCODERS = ("none", "gru")
+RENDERS = ("id", "codes")
 
 
 @dataclass
@@ -21,6 +23,8 @@ class ViewConfig:
     experts: int = 4  # K_v (0: the view runs on the base backbone)
     k: int = 2  # k_v, experts active per user
     template: dict = field(default_factory=dict)  # {"prefix": ..., "sep": ...}
+    # v2, behavioral view only: "id" renders `#<id>`, "codes" the item's semantic-ID codes.
+    render: str = "id"
 
 
 @dataclass
@@ -37,6 +41,8 @@ class TrainConfig:
     batch_size: int = 16  # windows (users) per optimizer step, over all ranks
     lr: float = 1e-3  # heads, gates, phi, item tables
     lr_lora: float = 5e-4  # experts
+    lr_user: float = 0.0  # phi and the gates (0: lr)
+    lr_items: float = 0.0  # item id embeddings and biases (0: lr)
     weight_decay: float = 0.01  # AdamW, not applied to phi (phi has its own L2)
     phi_l2: float = 1e-3  # L2 on phi (SPEC): phi_l2 * mean_u ||phi_u||^2
     grad_clip: float = 1.0
@@ -52,6 +58,11 @@ class TrainConfig:
         "popularity"  # item bias at start: "popularity" (log counts of training items) or "zero"
     )
     windows: str = "last"  # training windows per user: "last" or "all" (data.training_windows)
+    # v2 stage 1 (collab.py): the encoder and item tables alone, early stopped on validation.
+    lr_collab: float = 3e-3
+    collab_batch_size: int = 128  # windows per step
+    collab_patience: int = 40  # epochs without a better validation NDCG@10 before stopping
+    collab_max_epochs: int = 2000  # a guard only: runs stop by patience long before
 
 
 @dataclass
@@ -66,6 +77,17 @@ class Config:
     # Ablations only: "adaptive" is SPEC's fusion; "behavioral" or "semantic" scores with that
     # view's z alone (the other view is never run). Only "adaptive" models export to a bundle.
     fusion: str = "adaptive"
+    # v2 (MODEL.md): "gru" adds the collaborative encoder (step 0): its state drives the
+    # gates and joins u. "none" is v1.
+    encoder: str = "none"
+    encoder_dropout: float = 0.2
+    phi_init: str = "normal"  # "normal" (v1: N(0, 0.1)) or "zero" (v2: a per-user offset)
+    text_genres: bool = False  # v2: item texts name the item's genres
+    max_text_chars: int = 0  # cap on an item text's characters (0: none)
+    codes: dict = field(default_factory=dict)  # semantic IDs (codes.py): sizes, seed
+    # Ablation only: False drops the text part of the item vectors (e_i = E[i]), so that
+    # fusion "collab" is the model without any backbone computation. Never exported.
+    item_text: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
@@ -101,10 +123,31 @@ class Config:
             raise ValueError(
                 f"train.bias_init must be popularity or zero, got {self.train.bias_init!r}"
             )
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.phi_init not in ("normal", "zero"):
+            raise ValueError(f"phi_init must be normal or zero, got {self.phi_init!r}")
+        for v, c in self.views.items():
+            if c.render not in RENDERS or (v == "semantic" and c.render != "id"):
+                raise ValueError(f"view {v}: render must be one of {RENDERS} (semantic: id)")
+        if self.fusion == "collab" and self.encoder == "none":
+            raise ValueError('fusion "collab" scores with the encoder alone: set encoder "gru"')
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.max_items < 2:
             raise ValueError("max_items must be >= 2")
+
+    @property
+    def version(self) -> int:
+        """The MODEL.md version a bundle of this config follows."""
+        v2 = (
+            self.encoder != "none"
+            or self.phi_init == "zero"
+            or self.text_genres
+            or self.max_text_chars > 0
+            or any(c.render != "id" for c in self.views.values())
+        )
+        return 2 if v2 else 1
 
     @property
     def lowest_adapted_layer(self) -> int:

@@ -6,7 +6,7 @@ start here; nothing here imports them (no import cycle in the package).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +80,22 @@ def text_states(backbone: Backbone, builder, n_items: int) -> torch.Tensor:
     return torch.from_numpy(np.load(path))
 
 
-def build_context(cfg: Config, seed_model: bool = True) -> Context:
-    catalog, split = data.load()
+def build_context(cfg: Config, seed_model: bool = True, codes: list[str] | None = None) -> Context:
+    """Only the views the model reads get prompts and state caches (none for "collab").
+    A behavioral view that renders codes needs them (stage 1 makes them: train.py)."""
+    catalog, split = data.load(genres=cfg.text_genres, max_chars=cfg.max_text_chars)
+    if cfg.views["behavioral"].render == "codes":
+        if codes is None and cfg.fusion in ("adaptive", "behavioral"):
+            raise ValueError("this config renders codes in the behavioral view: pass its codes")
+        catalog = replace(catalog, codes=codes)
     tokenizer = Tokenizer.load()
     backbone = Backbone()
-    builders = prompt_builders(cfg, tokenizer, catalog)
-    t = text_states(backbone, builders["semantic"], len(catalog))
+    semantic = prompt_builders(cfg, tokenizer, catalog, ("semantic",))["semantic"]
+    t = text_states(backbone, semantic, len(catalog))
     if seed_model:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = L2Rec(cfg, backbone, len(split), t)
+    builders = prompt_builders(cfg, tokenizer, catalog, model.active_views)
     n = len(split) if cfg.train.max_users <= 0 else min(cfg.train.max_users, len(split))
     users = range(n)
     if cfg.train.bias_init == "popularity":
@@ -113,6 +120,6 @@ def build_context(cfg: Config, seed_model: bool = True) -> Context:
 def load_for_inference(checkpoint: Path) -> Context:
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = Config(**state["config"])
-    ctx = build_context(cfg)
+    ctx = build_context(cfg, codes=state.get("codes"))
     ctx.model.load_state_dict(state["model"])
     return ctx

@@ -36,6 +36,7 @@ from . import paths
 class Catalog:
     item_ids: list[str]  # the dataset's item tokens, in catalog-row order
     texts: list[str]  # the semantic view's rendering of each item
+    codes: list[str] | None = None  # v2: each item's rendered semantic ID (codes.py)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -67,10 +68,28 @@ class Split:
         return self.valid_history(u) if phase == "valid" else self.test_history(u)
 
 
-def item_text(title: str, year: str) -> str:
-    """`<title> (<year>)`, or just the title when the year is missing; the runtime renders the same."""
+def item_text(title: str, year: str, genres: str = "", max_chars: int = 0) -> str:
+    """MODEL.md's item text: `<title> (<year>)`, or just the title when the year is missing,
+    then `; <genre>, <genre>` when genres are given (RecBole's space-separated token_seq),
+    capped at `max_chars` characters (0: no cap), cut back to a word boundary. The dev
+    crate's MovieLens loader renders the same."""
     title, year = title.strip(), year.strip()
-    return f"{title} ({year})" if year else title
+    text = f"{title} ({year})" if year else title
+    names = genres.split()
+    if names:
+        text += "; " + ", ".join(names)
+    return cap_text(text, max_chars)
+
+
+def cap_text(text: str, max_chars: int) -> str:
+    """The first `max_chars` characters, cut back to the last space when the cap ends inside
+    a word (the next character is not a space, `,` or `;`); trailing ` ;,` removed."""
+    if max_chars <= 0 or len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    if text[max_chars] not in " ,;" and " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ;,")
 
 
 def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -83,14 +102,16 @@ def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
     return names, rows
 
 
-def load_catalog(data_dir: Path | None = None) -> Catalog:
+def load_catalog(data_dir: Path | None = None, genres: bool = False, max_chars: int = 0) -> Catalog:
+    """ml-100k's items; the text adds the `class` column's genres when `genres`."""
     names, rows = _read_atomic((data_dir or paths.data_dir()) / "ml-100k.item")
     col = {n: i for i, n in enumerate(names)}
     ids, texts = [], []
     for r in rows:
         r = r + [""] * (len(names) - len(r))
         ids.append(r[col["item_id"]])
-        texts.append(item_text(r[col["movie_title"]], r[col["release_year"]]))
+        g = r[col["class"]] if genres else ""
+        texts.append(item_text(r[col["movie_title"]], r[col["release_year"]], g, max_chars))
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate item ids in ml-100k.item")
     return Catalog(ids, texts)
@@ -134,8 +155,10 @@ def leave_one_out(users: list[str], items: list[int], ts: np.ndarray) -> Split:
     return Split(user_ids, train, np.array(valid, dtype=np.int64), np.array(test, dtype=np.int64))
 
 
-def load(data_dir: Path | None = None) -> tuple[Catalog, Split]:
-    catalog = load_catalog(data_dir)
+def load(
+    data_dir: Path | None = None, genres: bool = False, max_chars: int = 0
+) -> tuple[Catalog, Split]:
+    catalog = load_catalog(data_dir, genres, max_chars)
     users, item_tokens, ts = load_interactions(data_dir)
     row = catalog.row_of()
     missing = {t for t in item_tokens if t not in row}

@@ -27,7 +27,7 @@ from .data import Catalog
 from .model import L2Rec, LoraExperts
 from .prompts import VIEWS
 
-FORMAT, VERSION = "l2rec-bundle", 1
+FORMAT = "l2rec-bundle"
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -65,6 +65,14 @@ def head_tensors(model: L2Rec, phi_mean: torch.Tensor) -> dict[str, torch.Tensor
         if v in model.gates:
             out[f"gate.{v}.weight"] = model.gates[v].weight
             out[f"gate.{v}.bias"] = model.gates[v].bias
+        if v in model.gate_reads:  # v2: A_v
+            out[f"gate.{v}.read"] = model.gate_reads[v].weight
+    if model.encoder is not None:  # v2 step 0: PyTorch's GRU tensors, gates r, z, n
+        gru = model.encoder.gru
+        out["encoder.gru.weight_ih"] = gru.weight_ih_l0
+        out["encoder.gru.weight_hh"] = gru.weight_hh_l0
+        out["encoder.gru.bias_ih"] = gru.bias_ih_l0
+        out["encoder.gru.bias_hh"] = gru.bias_hh_l0
     out["user.phi_mean"] = phi_mean
     for v in VIEWS:
         out[f"proj.{v}.weight"], out[f"proj.{v}.bias"] = fold_standardizer(
@@ -101,6 +109,8 @@ def export_bundle(
         raise ValueError(
             f"a {cfg.fusion}-only ablation has no SPEC bundle (the runtime always fuses both views)"
         )
+    if not cfg.item_text:
+        raise ValueError("an ids-only ablation (item_text false) has no MODEL.md bundle")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -128,14 +138,13 @@ def export_bundle(
     }
     if include_text_state:
         items["item.text_state"] = model.text_states.detach().float().contiguous().clone()
-    save_file(
-        items,
-        str(tmp / "items.safetensors"),
-        metadata={
-            "item_ids": json.dumps(catalog.item_ids, ensure_ascii=False),
-            "item_texts": json.dumps(catalog.texts, ensure_ascii=False),
-        },
-    )
+    metadata = {
+        "item_ids": json.dumps(catalog.item_ids, ensure_ascii=False),
+        "item_texts": json.dumps(catalog.texts, ensure_ascii=False),
+    }
+    if catalog.codes is not None:  # v2: the behavioral view's semantic IDs, rendered
+        metadata["item_codes"] = json.dumps(catalog.codes, ensure_ascii=False)
+    save_file(items, str(tmp / "items.safetensors"), metadata=metadata)
     files.append("items.safetensors")
 
     if include_users:
@@ -148,7 +157,7 @@ def export_bundle(
 
     manifest = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": cfg.version,
         "name": cfg.name,
         "backbone": {
             "file": bb.model_path.name,
@@ -165,9 +174,15 @@ def export_bundle(
                     "prefix": cfg.views[v].template["prefix"],
                     "sep": cfg.views[v].template["sep"],
                 },
+                **({"render": cfg.views[v].render} if cfg.version >= 2 else {}),
             }
             for v in VIEWS
         },
+        **(
+            {"encoder": cfg.encoder, "max_text_chars": cfg.max_text_chars}
+            if cfg.version >= 2
+            else {}
+        ),
         "lora": {
             "rank": cfg.lora.rank,
             "alpha": float(cfg.lora.alpha),

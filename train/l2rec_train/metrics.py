@@ -51,3 +51,15 @@ def from_ranks(r: torch.Tensor | np.ndarray, ks: Sequence[int] = KS) -> dict[str
             torch.where(hit, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean().item()
         )
     return out
+
+
+def standard_error(x) -> float:
+    """Standard error of the mean of `x` (NaN for fewer than two values)."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def ndcg10_per_user(ranks) -> np.ndarray:
+    """Each target's NDCG@10 from its rank (0 = first)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)

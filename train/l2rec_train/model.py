@@ -80,6 +80,21 @@ class LoraExperts(nn.Module):
         return lora
 
 
+class CollabEncoder(nn.Module):
+    """MODEL.md step 0: a GRU over the item vectors e_i of the history, oldest first.
+    Its state after item t is the user's collaborative state c_t [d_r]."""
+
+    def __init__(self, d_r: int, dropout: float):
+        super().__init__()
+        self.gru = nn.GRU(d_r, d_r, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """States after every item [B, n, d_r] of right-padded item vectors [B, n, d_r]
+        (right padding never reaches a real position's state)."""
+        return self.gru(self.drop(e))[0]
+
+
 class L2Rec(nn.Module):
     def __init__(self, cfg: Config, backbone: Backbone, n_users: int, text_states: torch.Tensor):
         super().__init__()
@@ -109,6 +124,15 @@ class L2Rec(nn.Module):
             {v: nn.Linear(d_phi, cfg.views[v].experts) for v in self.experts}
         )
         self.phi = nn.Embedding(n_users, d_phi)
+        # v2: the collaborative encoder, and the gates' read of its state (A_v).
+        self.encoder = CollabEncoder(d_r, cfg.encoder_dropout) if cfg.encoder == "gru" else None
+        self.gate_reads = nn.ModuleDict(
+            {
+                v: nn.Linear(d_r, cfg.views[v].experts, bias=False)
+                for v in self.experts
+                if self.encoder is not None
+            }
+        )
         self.proj = nn.ModuleDict({v: nn.Linear(d, d_r) for v in VIEWS})
         self.fusion = nn.Linear(3 * d_r, d_r)
         self.item_id = nn.Embedding(n_items, d_r)
@@ -132,7 +156,12 @@ class L2Rec(nn.Module):
         nn.init.normal_(self.item_id.weight, std=0.01)
         nn.init.normal_(self.fusion.weight, std=0.01)
         nn.init.zeros_(self.fusion.bias)
-        nn.init.normal_(self.phi.weight, std=0.1)
+        if self.cfg.phi_init == "zero":  # v2: phi is a per-user offset, zero until refined
+            nn.init.zeros_(self.phi.weight)
+        else:
+            nn.init.normal_(self.phi.weight, std=0.1)
+        for a in self.gate_reads.values():
+            nn.init.normal_(a.weight, std=1.0 / math.sqrt(self.cfg.d_r))
         for g in self.gates.values():
             nn.init.normal_(g.weight, std=1.0 / math.sqrt(self.cfg.d_phi))
             nn.init.zeros_(g.bias)
@@ -147,16 +176,31 @@ class L2Rec(nn.Module):
 
     # -- SPEC steps -------------------------------------------------------------
 
-    def gate(self, view: str, phi: torch.Tensor) -> torch.Tensor | None:
+    def gate(
+        self, view: str, phi: torch.Tensor, c: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Step 1: l_v = A_v c + G_v phi + b_v (v1: no A_v c), top-k softmax."""
         if view not in self.experts:
             return None
-        return topk_gate(self.gates[view](phi), self.cfg.views[view].k)
+        logits = self.gates[view](phi)
+        if view in self.gate_reads:
+            logits = logits + self.gate_reads[view](c)
+        return topk_gate(logits, self.cfg.views[view].k)
+
+    def collab_states(self, items: torch.Tensor) -> torch.Tensor:
+        """Step 0: c after every item [B, n, d_r] of right-padded catalog rows [B, n]."""
+        return self.encoder(self.item_vectors()[items])
 
     def view_states(
-        self, view: str, phi: torch.Tensor, h_in: torch.Tensor, out_index: torch.Tensor
+        self,
+        view: str,
+        phi: torch.Tensor,
+        c: torch.Tensor | None,
+        h_in: torch.Tensor,
+        out_index: torch.Tensor,
     ) -> torch.Tensor:
         """Steps 2-4: the perturbed backbone from the cached layer on, states at out_index [B, M]."""
-        g = self.gate(view, phi)
+        g = self.gate(view, phi, c)
         lora = self.experts[view].hook(g) if g is not None else None
         return self.backbone.run(
             h_in, self.first_layer, self.backbone.config.n_layer, lora, out_index
@@ -183,6 +227,8 @@ class L2Rec(nn.Module):
         return beta * z_b + (1 - beta) * z_s
 
     def item_vectors(self) -> torch.Tensor:
+        if not self.cfg.item_text:  # ablation: ids only
+            return self.item_id.weight
         return self.item_id.weight + self.text_proj(self.standardize("text", self.text_states))
 
     def scores(self, u: torch.Tensor) -> torch.Tensor:
@@ -191,21 +237,38 @@ class L2Rec(nn.Module):
     def user_vectors(
         self, users: torch.Tensor, inputs: dict, phi: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """u [B, M, d_r] at every requested position; inputs[view] = (h_in [B,T,d], out_index [B,M])."""
+        """u [B, M, d_r] at every requested position. inputs[view] = (h_in [B,T,d], out_index
+        [B,M]); inputs["history"] = (items [B,n], positions [B,M], last [B]): the catalog rows
+        and, for each read-out, the item whose collaborative state pairs with it."""
         phi = self.phi(users) if phi is None else phi
-        return self.preference({v: self.view_states(v, phi, *inputs[v]) for v in self.active_views})
+        c_at, c_gate = None, None
+        if self.encoder is not None:
+            items, positions, last = inputs["history"]
+            c_all = self.collab_states(items)
+            c_at = c_all.gather(1, positions[..., None].expand(-1, -1, c_all.shape[-1]))
+            c_gate = c_all[torch.arange(len(last)), last]  # the whole prompt's state
+        states = {v: self.view_states(v, phi, c_gate, *inputs[v]) for v in self.active_views}
+        return self.preference(states, c_at)
 
     @property
     def active_views(self) -> tuple[str, ...]:
-        """The views `u` reads: both, or one in a single-view ablation."""
-        return VIEWS if self.cfg.fusion == "adaptive" else (self.cfg.fusion,)
+        """The views `u` reads: both, one in a single-view ablation, none for "collab"."""
+        if self.cfg.fusion == "adaptive":
+            return VIEWS
+        return () if self.cfg.fusion == "collab" else (self.cfg.fusion,)
 
-    def preference(self, states: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Steps 5-6: u from the view states (SPEC's fusion, or one view's z in an ablation)."""
+    def preference(
+        self, states: dict[str, torch.Tensor], c: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Steps 5-6: u from the view states (MODEL.md's fusion, or one view's z in an
+        ablation), plus the collaborative state c when the model has an encoder (v2)."""
         z = {v: self.project(v, states[v]) for v in self.active_views}
-        if self.cfg.fusion != "adaptive":
-            return z[self.cfg.fusion]
-        return self.fuse(z["behavioral"], z["semantic"])
+        if self.cfg.fusion == "collab":
+            return c
+        u = z[self.cfg.fusion] if self.cfg.fusion != "adaptive" else None
+        if u is None:
+            u = self.fuse(z["behavioral"], z["semantic"])
+        return u if c is None else u + c
 
     def forward(self, users: torch.Tensor, inputs: dict, targets: torch.Tensor, mask: torch.Tensor):
         """Teacher-forced loss: full-softmax CE of s(u_t, .) against targets [B, M] where mask,

@@ -88,10 +88,18 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.histories.items)
 
+    def history(self, idx: list[int], positions: list[np.ndarray]) -> tuple:
+        """The collaborative encoder's input (MODEL.md step 0): right-padded catalog rows
+        [B, n], the item whose state each read-out pairs with [B, M], the last item [B]."""
+        items = [self.histories.items[i] for i in idx]
+        last = torch.tensor([len(it) - 1 for it in items])
+        return pad(items), pad(positions), last
+
     def teacher_forcing_batch(self, idx: list[int]):
         """Inputs reading the state after every item but the last, and the next items as targets."""
         items = [self.histories.items[i] for i in idx]
         inputs = {v: vp.inputs(idx, [vp.ends[i][:-1] for i in idx]) for v, vp in self.views.items()}
+        inputs["history"] = self.history(idx, [np.arange(len(it) - 1) for it in items])
         targets = pad([it[1:] for it in items])
         mask = pad([np.ones(len(it) - 1, dtype=np.int64) for it in items]).bool()
         users = torch.from_numpy(self.histories.users[idx])
@@ -100,14 +108,16 @@ class PromptSet:
     def last_state_batch(self, idx: list[int]):
         """Inputs reading only the state after the last item (the prompt a user is served with)."""
         inputs = {v: vp.inputs(idx, [vp.ends[i][-1:] for i in idx]) for v, vp in self.views.items()}
+        lasts = [np.array([len(self.histories.items[i]) - 1]) for i in idx]
+        inputs["history"] = self.history(idx, lasts)
         return torch.from_numpy(self.histories.users[idx]), inputs
 
 
 def prompt_builders(
-    cfg: Config, tokenizer: Tokenizer, catalog: Catalog
+    cfg: Config, tokenizer: Tokenizer, catalog: Catalog, views: tuple[str, ...] = VIEWS
 ) -> dict[str, PromptBuilder]:
     return {
-        v: PromptBuilder(tokenizer, catalog, v, Template(**cfg.views[v].template)) for v in VIEWS
+        v: PromptBuilder(tokenizer, catalog, v, Template(**cfg.views[v].template)) for v in views
     }
 
 

@@ -42,7 +42,8 @@ class Template:
 
 def item_string(view: str, catalog: Catalog, row: int) -> str:
     if view == "behavioral":
-        return "#" + catalog.item_ids[row]
+        # MODEL.md step 3: the item's semantic ID where the catalog has codes (v2), else #<id>.
+        return catalog.codes[row] if catalog.codes is not None else "#" + catalog.item_ids[row]
     if view == "semantic":
         return catalog.texts[row]
     raise ValueError(f"unknown view {view!r}")

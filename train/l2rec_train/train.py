@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from . import distributed as dist_util
 from . import metrics as M
+from .collab import stage_one
 from .config import Config
 from .context import Context, build_context
 from .export import export_bundle
@@ -38,6 +39,7 @@ from .pipeline import (
     base_states_after_items,
     bucketed_batches,
 )
+from .statecache import pad
 
 # -- evaluation -----------------------------------------------------------------
 
@@ -91,29 +93,46 @@ def evaluate(
 
 
 def make_optimizer(model: L2Rec, cfg: Config) -> torch.optim.Optimizer:
-    lora, decay, no_decay = [], [], []
+    """AdamW with a learning rate per group: experts (`lr_lora`), what belongs to one user
+    or drives the gates (`lr_user`: phi, G_v, A_v), what belongs to one item (`lr_items`:
+    E, item bias), everything else (`lr`). 0 means `lr`. No decay on phi (it has its own
+    L2) and on biases."""
+    t = cfg.train
+    lr_of = {"lora": t.lr_lora, "user": t.lr_user or t.lr, "items": t.lr_items or t.lr}
+    groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         if name.startswith("experts."):
-            lora.append(p)
-        elif name.startswith("phi.") or name.endswith(".bias") or name == "item_bias":
-            no_decay.append(p)  # phi has its own L2 (SPEC); biases are not decayed
+            kind = "lora"
+        elif name.startswith(("phi.", "gates.", "gate_reads.")):
+            kind = "user"
+        elif name.startswith("item_id.") or name == "item_bias":
+            kind = "items"
         else:
-            decay.append(p)
-    t = cfg.train
-    groups = [
-        {"params": decay, "lr": t.lr, "weight_decay": t.weight_decay},
-        {"params": no_decay, "lr": t.lr, "weight_decay": 0.0},
-    ]
-    if lora:
-        groups.append({"params": lora, "lr": t.lr_lora, "weight_decay": t.weight_decay})
-    return torch.optim.AdamW(groups)
+            kind = "heads"
+        decay = not (name.startswith("phi.") or name.endswith(".bias") or name == "item_bias")
+        groups.setdefault((kind, decay), []).append(p)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": lr_of.get(kind, t.lr),
+                "weight_decay": t.weight_decay if decay else 0.0,
+            }
+            for (kind, decay), params in groups.items()
+        ]
+    )
 
 
 def train_epoch(ctx: Context, net, optimizer, epoch: int) -> dict:
     cfg, pset = ctx.cfg, ctx.train_set
     rank, world = dist_util.rank(), dist_util.world_size()
     ctx.model.train()
-    lengths = np.array([len(t) for t in pset.views["semantic"].tokens])
+    # Similar lengths batch together: the longest view's prompts, else the histories.
+    lengths = np.array(
+        [len(t) for t in pset.views["semantic"].tokens]
+        if "semantic" in pset.views
+        else [len(h) for h in pset.histories.items]
+    )
     rng = np.random.default_rng([cfg.seed, epoch])
     batches = [b for b in bucketed_batches(lengths, cfg.train.batch_size, rng) if len(b) >= world]
     if cfg.train.max_steps > 0:
@@ -131,7 +150,7 @@ def train_epoch(ctx: Context, net, optimizer, epoch: int) -> dict:
         optimizer.step()
         ce_sum += float(ce) * n
         n_sum += n
-        tokens += sum(int(h.shape[1]) * len(idx) for h, _ in inputs.values())
+        tokens += sum(int(inputs[v][0].shape[1]) * len(idx) for v in pset.views)
         bar.set_postfix(ce=f"{ce_sum / max(n_sum, 1):.4f}")
     stats = torch.tensor([ce_sum, n_sum, tokens], dtype=torch.float64)
     dist_util.all_reduce_sum(stats)
@@ -170,6 +189,28 @@ def base_states(ctx: Context, batch_size: int = 8) -> tuple[dict, dict, torch.Te
     )
 
 
+def collab_reader(ctx: Context):
+    """c (MODEL.md step 0) at flat training targets `j` (base_states' order), or at the
+    validation prompts' last items for j = None; always None for a model without encoder."""
+    model, pset = ctx.model, ctx.train_set
+    windows = pset.histories.items
+    win_of = np.repeat(np.arange(len(windows)), [len(w) - 1 for w in windows])
+    pos_of = np.concatenate([np.arange(len(w) - 1) for w in windows])
+
+    def at(j: torch.Tensor | None) -> torch.Tensor | None:
+        if model.encoder is None:
+            return None
+        if j is None:
+            rows = ctx.valid_index
+            c = model.collab_states(pad([windows[i] for i in rows]))
+            return c[torch.arange(len(rows)), torch.tensor([len(windows[i]) - 1 for i in rows])]
+        uniq, inv = np.unique(win_of[j.numpy()], return_inverse=True)
+        c = model.collab_states(pad([windows[i] for i in uniq]))
+        return c[torch.from_numpy(inv), torch.from_numpy(pos_of[j.numpy()])]
+
+    return at
+
+
 def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict]:
     """Linear probing before fine-tuning: trains the heads (projections, fusion, item tables)
     on the base model's cached view states, `epochs` passes over every target in seconds
@@ -177,8 +218,11 @@ def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict
     (minutes each) then start from converged heads instead of random ones."""
     model, cfg, split = ctx.model, ctx.cfg, ctx.split
     before, last, targets = base_states(ctx)
+    collab_at = collab_reader(ctx)
     heads = [
-        p for n, p in model.named_parameters() if not n.startswith(("experts.", "gates.", "phi."))
+        p
+        for n, p in model.named_parameters()
+        if not n.startswith(("experts.", "gates.", "gate_reads.", "phi."))
     ]
     optimizer = torch.optim.AdamW(
         heads, lr=cfg.train.lr_warmup or cfg.train.lr, weight_decay=cfg.train.weight_decay
@@ -194,16 +238,15 @@ def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict
         ce_sum = 0.0
         for s in range(0, len(order), batch_size):
             j = order[s : s + batch_size]
-            ce = torch.nn.functional.cross_entropy(
-                model.scores(model.preference({v: x[j] for v, x in before.items()})), targets[j]
-            )
+            u = model.preference({v: x[j] for v, x in before.items()}, collab_at(j))
+            ce = torch.nn.functional.cross_entropy(model.scores(u), targets[j])
             optimizer.zero_grad(set_to_none=True)
             ce.backward()
             optimizer.step()
             ce_sum += float(ce.detach()) * len(j)
         with torch.no_grad():
             model.eval()
-            u = model.preference(valid_states)
+            u = model.preference(valid_states, collab_at(None))
             valid = M.from_ranks(
                 M.ranks(model.scores(u), torch.from_numpy(split.valid[users]), exclude)
             )
@@ -229,6 +272,7 @@ def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict
 def save_checkpoint(path: Path, ctx: Context, optimizer, epoch: int, best: dict) -> None:
     state = {
         "config": ctx.cfg.to_dict(),
+        "codes": ctx.catalog.codes,
         "model": ctx.model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
@@ -279,7 +323,12 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    ctx = build_context(cfg)
+    codes, stage1 = None, None
+    if cfg.encoder != "none":  # v2: the collaborative stage and the codes come first
+        stage1, codes = stage_one(cfg, out)
+    ctx = build_context(cfg, codes=codes)
+    if stage1 is not None and not (args.resume and (out / "last.pt").exists()):
+        ctx.model.load_state_dict(stage1, strict=False)
     optimizer = make_optimizer(ctx.model, cfg)
     start, best = 0, {"NDCG@10": -1.0, "epoch": -1}
     valid_of_epoch = {}  # validation metrics measured in this process, by epoch (-1: warmup's best)

@@ -211,3 +211,44 @@ def test_export_folds_standardizers_into_golden_heads(case):
         assert heads[f"gate.{v}.bias"].tolist() == case["gate"]["bias"]
     assert heads["fusion.weight"].flatten().tolist() == case["fusion"]["weight"]
     assert heads["fusion.bias"].tolist() == case["fusion"]["bias"]
+
+
+# -- version 2: golden/collab.json --------------------------------------------------------------
+
+COLLAB = json.loads((GOLDEN.parent / "collab.json").read_text())
+collab_cases = pytest.mark.parametrize(
+    "case", COLLAB["cases"], ids=[c["name"] for c in COLLAB["cases"]]
+)
+
+
+@collab_cases
+def test_collab_encoder_and_gate(case):
+    """The trainer's GRU (nn.GRU) and v2 gate (l = A c + G phi + b, top-k) against the golden
+    vectors the runtime's Rust encoder is tested with."""
+    d_r, d_phi, k = case["d_r"], case["d_phi"], case["experts"]
+    sizes = SimpleNamespace(n_embd=4, n_layer=1, module_shape=lambda module: (4, 4))
+    cfg = Config(
+        views={v: ViewConfig(experts=k, k=case["k_active"]) for v in VIEWS},
+        lora=LoraConfig(rank=1, layers=[0], modules=["attn_q"]),
+        d_r=d_r,
+        d_phi=d_phi,
+        encoder="gru",
+        encoder_dropout=0.0,
+    )
+    model = L2Rec(cfg, SimpleNamespace(config=sizes), n_users=1, text_states=torch.zeros(3, 4))
+    g = case["gru"]
+    with torch.no_grad():
+        gru = model.encoder.gru
+        gru.weight_ih_l0.copy_(f32(g["weight_ih"], 3 * d_r, d_r))
+        gru.weight_hh_l0.copy_(f32(g["weight_hh"], 3 * d_r, d_r))
+        gru.bias_ih_l0.copy_(f32(g["bias_ih"]))
+        gru.bias_hh_l0.copy_(f32(g["bias_hh"]))
+        for v in VIEWS:
+            model.gate_reads[v].weight.copy_(f32(case["read"], k, d_r))
+            model.gates[v].weight.copy_(f32(case["gate"]["weight"], k, d_phi))
+            model.gates[v].bias.copy_(f32(case["gate"]["bias"]))
+        states = model.eval().encoder(f32(case["inputs"], 1, -1, d_r))[0]
+        assert_close(case, "states", states, case["expected"]["states"])
+        for v in VIEWS:
+            scales = model.gate(v, f32(case["phi"])[None], states[-1:])
+            assert_close(case, f"{v} scales", scales, case["expected"]["scales"])

@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::lora::LoraSpec;
 use crate::per_view::PerView;
-use crate::prompt::{Template, View};
+use crate::prompt::{Render, Template, View};
 
 pub const FORMAT: &str = "l2rec-bundle";
-pub const VERSION: u32 = 1;
+/// The newest MODEL.md version this runtime serves; it serves every version from 1.
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -23,8 +24,23 @@ pub struct Manifest {
     pub dims: Dims,
     pub history: HistorySpec,
     pub items: ItemsSpec,
+    /// Version 2: the collaborative encoder (MODEL.md step 0); `none` in version 1.
+    #[serde(default)]
+    pub encoder: Encoder,
+    /// Version 2: the cap on an item text's characters (0: none).
+    #[serde(default)]
+    pub max_text_chars: usize,
     #[serde(default)]
     pub files: BTreeMap<String, FileEntry>,
+}
+
+/// MODEL.md step 0's encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoder {
+    #[default]
+    None,
+    Gru,
 }
 
 /// The backbone a bundle was trained on.
@@ -48,6 +64,9 @@ pub struct ViewSpec {
     /// `k_v`, experts active per user.
     pub k: usize,
     pub template: Template,
+    /// Version 2: how the behavioral view shows items (`id` in version 1).
+    #[serde(default)]
+    pub render: Render,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use manifest::*;
-pub use tensors::{Heads, Items, Linear, Users};
+pub use tensors::{Gru, Heads, Items, Linear, Users};
 
 use crate::backbone::{sha256_file, ModelInfo};
 use crate::lora::{validate_expert, LoraError};
 use crate::per_view::PerView;
-use crate::prompt::View;
+use crate::prompt::{Render, View};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -35,7 +35,7 @@ pub enum BundleError {
     },
     #[error("{file}: format is {found:?}, expected \"l2rec-bundle\"; is this an l2rec bundle?")]
     Format { file: PathBuf, found: String },
-    #[error("{file}: bundle version {found} is not supported (this runtime reads version {supported}); re-export the bundle or update l2rec")]
+    #[error("{file}: bundle version {found} is not supported (this runtime reads versions 1 to {supported}); re-export the bundle or update l2rec")]
     Version {
         file: PathBuf,
         found: u32,
@@ -208,7 +208,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
         });
     }
     let version = header.version.unwrap_or(0);
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(BundleError::Version {
             file,
             found: version,
@@ -236,6 +236,18 @@ fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
                 v.k, v.experts
             )));
         }
+    }
+    if m.version < 2 && (m.encoder != Encoder::None || m.max_text_chars != 0) {
+        return Err(invalid(
+            "`encoder` and `max_text_chars` need version 2 (docs/MODEL.md)".into(),
+        ));
+    }
+    if m.views.semantic.render != Render::Id
+        || (m.version < 2 && m.views.behavioral.render != Render::Id)
+    {
+        return Err(invalid(
+            "`render: codes` is for the behavioral view of a version 2 bundle".into(),
+        ));
     }
     let d = m.dims;
     if d.d != m.backbone.n_embd || d.d_r == 0 || d.d_phi == 0 {

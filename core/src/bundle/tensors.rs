@@ -6,7 +6,8 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use super::{BundleError, Manifest};
+use super::{BundleError, Encoder, Manifest};
+use crate::per_view::PerView;
 use crate::prompt::View;
 
 /// `y = W x + b` with `W` `[rows, cols]` row-major.
@@ -29,11 +30,28 @@ impl Linear {
     }
 }
 
-/// Everything of SPEC steps 1, 5, 6 and 7 that is not per item.
+/// MODEL.md step 0's GRU (PyTorch's layout: gates r, z, n stacked by rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gru {
+    /// `[3 d_r, d_r]` row-major, and `[3 d_r]`.
+    pub weight_ih: Vec<f32>,
+    pub weight_hh: Vec<f32>,
+    pub bias_ih: Vec<f32>,
+    pub bias_hh: Vec<f32>,
+    pub d_r: usize,
+}
+
+/// Everything of MODEL.md steps 0, 1, 5, 6 and 7 that is not per item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heads {
     pub gate_behavioral: Linear,
     pub gate_semantic: Linear,
+    /// Version 2: each view's `A_v`, `[K_v, d_r]` row-major (empty in version 1).
+    pub gate_read: PerView<Vec<f32>>,
+    /// Version 2: the collaborative encoder.
+    pub encoder: Option<Gru>,
+    /// Where a user without a stored `phi` starts: the training users' mean
+    /// (version 1) or zero (version 2, where `phi` is an offset).
     pub phi_mean: Vec<f32>,
     pub proj_behavioral: Linear,
     pub proj_semantic: Linear,
@@ -67,6 +85,8 @@ pub struct Items {
     pub bias: Vec<f32>,
     /// `t_i`, `[N, d]`, when the bundle ships it.
     pub text_state: Option<Vec<f32>>,
+    /// Version 2 `render: codes`: each item's semantic ID, rendered (`K d Q`).
+    pub codes: Option<Vec<String>>,
 }
 
 /// Training users' gate parameters, for evaluation.
@@ -196,10 +216,33 @@ impl Heads {
                 k => r.linear(&format!("gate.{view}"), k, d_phi),
             }
         };
+        let gru = m.encoder == Encoder::Gru;
+        let gate_read = PerView::try_from_fn(|view| match m.views.get(view).experts {
+            k if gru && k > 0 => r.f32(&format!("gate.{view}.read"), &[k, d_r]),
+            _ => Ok(Vec::new()),
+        })?;
+        let encoder = gru
+            .then(|| -> Result<Gru, BundleError> {
+                Ok(Gru {
+                    weight_ih: r.f32("encoder.gru.weight_ih", &[3 * d_r, d_r])?,
+                    weight_hh: r.f32("encoder.gru.weight_hh", &[3 * d_r, d_r])?,
+                    bias_ih: r.f32("encoder.gru.bias_ih", &[3 * d_r])?,
+                    bias_hh: r.f32("encoder.gru.bias_hh", &[3 * d_r])?,
+                    d_r,
+                })
+            })
+            .transpose()?;
+        let stored_mean = r.f32("user.phi_mean", &[d_phi])?;
         Ok(Self {
             gate_behavioral: gate(View::Behavioral)?,
             gate_semantic: gate(View::Semantic)?,
-            phi_mean: r.f32("user.phi_mean", &[d_phi])?,
+            gate_read,
+            encoder,
+            phi_mean: if m.version >= 2 {
+                vec![0.0; d_phi]
+            } else {
+                stored_mean
+            },
             proj_behavioral: r.linear("proj.behavioral", d_r, d)?,
             proj_semantic: r.linear("proj.semantic", d_r, d)?,
             fusion: r.linear("fusion", d_r, 3 * d_r)?,
@@ -216,6 +259,20 @@ impl Heads {
             if gate.rows > 0 {
                 t.linear(&format!("gate.{view}"), gate);
             }
+        }
+        for view in View::BOTH {
+            let read = &self.gate_read[view];
+            if !read.is_empty() {
+                let k = self.gate(view).rows;
+                t.add(&format!("gate.{view}.read"), vec![k, read.len() / k], read);
+            }
+        }
+        if let Some(g) = &self.encoder {
+            let d = g.d_r;
+            t.add("encoder.gru.weight_ih", vec![3 * d, d], &g.weight_ih);
+            t.add("encoder.gru.weight_hh", vec![3 * d, d], &g.weight_hh);
+            t.add("encoder.gru.bias_ih", vec![3 * d], &g.bias_ih);
+            t.add("encoder.gru.bias_hh", vec![3 * d], &g.bias_hh);
         }
         t.add("user.phi_mean", vec![self.phi_mean.len()], &self.phi_mean);
         t.linear("proj.behavioral", &self.proj_behavioral);
@@ -237,7 +294,19 @@ impl Items {
         } else {
             None
         };
+        let codes = match m.views.behavioral.render {
+            crate::prompt::Render::Codes => Some(r.string_list(&meta, "item_codes", n)?),
+            crate::prompt::Render::Id => None,
+        };
+        if let Some(bad) = codes.iter().flatten().find(|c| !valid_code(c)) {
+            return Err(BundleError::Metadata {
+                file: file.to_owned(),
+                key: "item_codes".into(),
+                what: format!("{bad:?} is not a code (MODEL.md step 3: `K d Q`)"),
+            });
+        }
         Ok(Self {
+            codes,
             ids: r.string_list(&meta, "item_ids", n)?,
             texts: r.string_list(&meta, "item_texts", n)?,
             id_embedding: r.f32("item.id_embedding", &[n, m.dims.d_r])?,
@@ -258,7 +327,7 @@ impl Items {
         if let Some(states) = &self.text_state {
             t.add("item.text_state", vec![n, states.len() / n.max(1)], states);
         }
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             (
                 "item_ids".to_owned(),
                 serde_json::to_string(&self.ids).expect("strings serialize"),
@@ -268,7 +337,33 @@ impl Items {
                 serde_json::to_string(&self.texts).expect("strings serialize"),
             ),
         ]);
+        if let Some(codes) = &self.codes {
+            meta.insert(
+                "item_codes".to_owned(),
+                serde_json::to_string(codes).expect("strings serialize"),
+            );
+        }
         t.write(file, Some(meta))
+    }
+}
+
+/// MODEL.md step 3's code shape: one to three levels, `A`-`Z`, then ` a`-` z`,
+/// then ` A`-` Z`.
+fn valid_code(code: &str) -> bool {
+    let b = code.as_bytes();
+    let level = |i: usize, lower: bool| {
+        let c = b[i];
+        if lower {
+            c.is_ascii_lowercase()
+        } else {
+            c.is_ascii_uppercase()
+        }
+    };
+    match b.len() {
+        1 => level(0, false),
+        3 => level(0, false) && b[1] == b' ' && level(2, true),
+        5 => level(0, false) && b[1] == b' ' && level(2, true) && b[3] == b' ' && level(4, false),
+        _ => false,
     }
 }
 

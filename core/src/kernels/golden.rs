@@ -14,6 +14,99 @@ use crate::per_view::PerView;
 use crate::prompt::View;
 
 const GOLDEN: &str = include_str!("../../../golden/heads.json");
+const COLLAB: &str = include_str!("../../../golden/collab.json");
+
+#[derive(Deserialize)]
+struct CollabFile {
+    tolerance: f32,
+    cases: Vec<CollabCase>,
+}
+
+#[derive(Deserialize)]
+struct GruLayer {
+    weight_ih: Vec<f32>,
+    weight_hh: Vec<f32>,
+    bias_ih: Vec<f32>,
+    bias_hh: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct CollabCase {
+    name: String,
+    d_r: usize,
+    d_phi: usize,
+    experts: usize,
+    k_active: usize,
+    gru: GruLayer,
+    inputs: Vec<f32>,
+    read: Vec<f32>,
+    gate: Layer,
+    phi: Vec<f32>,
+    expected: CollabExpected,
+}
+
+#[derive(Deserialize)]
+struct CollabExpected {
+    states: Vec<f32>,
+    logits: Vec<f32>,
+    scales: Vec<f32>,
+}
+
+#[test]
+fn collaborative_encoder_and_its_gate_match_the_golden_vectors() {
+    let file: CollabFile = serde_json::from_str(COLLAB).expect("golden/collab.json parses");
+    let tol = file.tolerance;
+    for c in &file.cases {
+        let name = &c.name;
+        let gate = linear(&c.gate, c.experts, c.d_phi);
+        let heads = Heads {
+            gate_behavioral: gate.clone(),
+            gate_semantic: gate,
+            gate_read: PerView::new(c.read.clone(), c.read.clone()),
+            encoder: Some(crate::bundle::Gru {
+                weight_ih: c.gru.weight_ih.clone(),
+                weight_hh: c.gru.weight_hh.clone(),
+                bias_ih: c.gru.bias_ih.clone(),
+                bias_hh: c.gru.bias_hh.clone(),
+                d_r: c.d_r,
+            }),
+            phi_mean: vec![0.0; c.d_phi],
+            proj_behavioral: Linear::zeros(c.d_r, 1),
+            proj_semantic: Linear::zeros(c.d_r, 1),
+            fusion: Linear::zeros(c.d_r, 3 * c.d_r),
+            text_proj: Linear::zeros(c.d_r, 1),
+        };
+        let forward = HeadsForward::new(&heads, PerView::new(c.k_active, c.k_active));
+        let inputs: Vec<&[f32]> = c.inputs.chunks_exact(c.d_r).collect();
+        let each = forward.collab_each(inputs.iter().copied()).unwrap();
+        close(
+            tol,
+            &each.concat(),
+            &c.expected.states,
+            &format!("{name}: states"),
+        );
+        let last = forward.collab(inputs.iter().copied()).unwrap();
+        assert_eq!(&last, each.last().unwrap(), "{name}: last state");
+        for view in View::BOTH {
+            let g = forward.gate(view, &c.phi, Some(&last));
+            close(
+                tol,
+                &g.logits,
+                &c.expected.logits,
+                &format!("{name}: logits"),
+            );
+            close(
+                tol,
+                &g.scales,
+                &c.expected.scales,
+                &format!("{name}: scales"),
+            );
+        }
+        // u adds c to the fused views: zero projections fuse to 0, so u = c.
+        let out = forward.user(&[0.0], &[0.0], Some(&last));
+        assert_eq!(out.u, last, "{name}: u = c + fused");
+    }
+}
 
 #[derive(Deserialize)]
 struct File {
@@ -89,6 +182,8 @@ impl Case {
         Heads {
             gate_behavioral: linear(&self.gate, experts, self.d_phi),
             gate_semantic: linear(&self.gate, experts, self.d_phi),
+            gate_read: Default::default(),
+            encoder: None,
             phi_mean: vec![0.0; self.d_phi],
             proj_behavioral: linear(&self.proj_behavioral, self.d_r, self.d),
             proj_semantic: linear(&self.proj_semantic, self.d_r, self.d),
@@ -152,12 +247,12 @@ fn cpu_heads_and_model_forward_match_the_golden_vectors() {
         let heads = c.heads();
         let forward = HeadsForward::new(&heads, PerView::new(c.k_active, c.k_active));
         for view in View::BOTH {
-            let g = forward.gate(view, &c.phi);
+            let g = forward.gate(view, &c.phi, None);
             close(tol, &g.scales, &e.scales, &format!("{name}: model gate"));
             let chosen: Vec<bool> = e.scales.iter().map(|&s| s > 0.0).collect();
             assert_eq!(g.chosen, chosen, "{name}: chosen experts");
         }
-        let out = forward.user(&c.h_b, &c.h_s);
+        let out = forward.user(&c.h_b, &c.h_s, None);
         close(tol, &out.z_b, &e.z_b, &format!("{name}: z_b"));
         close(tol, &out.z_s, &e.z_s, &format!("{name}: z_s"));
         close(tol, &out.beta, &e.beta, &format!("{name}: beta"));

@@ -11,6 +11,7 @@
 mod catalog;
 mod cpu;
 mod gpu;
+mod gru;
 mod heads;
 mod simd;
 mod topk;
@@ -26,6 +27,7 @@ pub use catalog::{CatalogMatrix, Storage};
 pub use gpu::Gpu;
 #[cfg(test)]
 pub use gpu::GpuHeads;
+pub use gru::GruWeights;
 pub use heads::{chosen_experts, fuse, gate, gate_logits, project, softmax_chosen, Fused};
 pub use simd::{dot_fma, dot_with, MulAdd};
 pub use topk::{rank_order, Hit};

@@ -1,9 +1,10 @@
-//! The heads' forward over the bundle's layers: the gate (SPEC step 1), the
-//! projections (step 5), the fusion (step 6) and the item vectors (step 7).
+//! The heads' forward over the bundle's layers: the collaborative encoder
+//! (MODEL.md step 0, version 2), the gate (step 1), the projections (step 5),
+//! the fusion (step 6) and the item vectors (step 7).
 //! Serving, explanation and personalization all call these; the arithmetic
 //! itself is the kernels' (`kernels::heads`, the exact twin of the shaders).
 
-use crate::bundle::Heads;
+use crate::bundle::{Gru, Heads};
 use crate::kernels;
 use crate::per_view::PerView;
 use crate::prompt::View;
@@ -43,12 +44,37 @@ impl<'a> HeadsForward<'a> {
         self.heads
     }
 
-    /// The gate of `view` for `phi`.
-    pub fn gate(&self, view: View, phi: &[f32]) -> GateOut {
+    /// Step 0: the collaborative state `c` after the item vectors of a
+    /// history (oldest first); `None` for a version 1 bundle (`c = 0`).
+    pub fn collab<'x>(
+        &self,
+        item_vectors: impl IntoIterator<Item = &'x [f32]>,
+    ) -> Option<Vec<f32>> {
+        Some(gru(self.heads.encoder.as_ref()?).last(item_vectors))
+    }
+
+    /// `c` after every item of a history (teacher forcing), oldest first.
+    pub fn collab_each<'x>(
+        &self,
+        item_vectors: impl IntoIterator<Item = &'x [f32]>,
+    ) -> Option<Vec<Vec<f32>>> {
+        Some(gru(self.heads.encoder.as_ref()?).states(item_vectors))
+    }
+
+    /// The gate of `view` for `phi` and the collaborative state `c`.
+    pub fn gate(&self, view: View, phi: &[f32], c: Option<&[f32]>) -> GateOut {
         // A view without experts has an empty gate: every step below then
         // gives an empty vector.
         let g = self.heads.gate(view);
-        let logits = kernels::gate_logits(&g.weight, &g.bias, phi);
+        let mut logits = kernels::gate_logits(&g.weight, &g.bias, phi);
+        let read = &self.heads.gate_read[view];
+        if let (Some(c), false) = (c, read.is_empty()) {
+            // l_v += A_v c (version 2).
+            let d_r = c.len();
+            for (e, l) in logits.iter_mut().enumerate() {
+                *l += kernels::dot_fma(&read[e * d_r..(e + 1) * d_r], c);
+            }
+        }
         let chosen = kernels::chosen_experts(&logits, self.active[view]);
         let scales = kernels::softmax_chosen(&logits, &chosen);
         GateOut {
@@ -58,26 +84,31 @@ impl<'a> HeadsForward<'a> {
         }
     }
 
-    /// The expert scales `g_v` of `view` for `phi`.
-    pub fn scales(&self, view: View, phi: &[f32]) -> Vec<f32> {
-        self.gate(view, phi).scales
+    /// The expert scales `g_v` of `view` for `phi` and `c`.
+    pub fn scales(&self, view: View, phi: &[f32], c: Option<&[f32]>) -> Vec<f32> {
+        self.gate(view, phi, c).scales
     }
 
-    /// The expert scales of both views for `phi`.
-    pub fn all_scales(&self, phi: &[f32]) -> PerView<Vec<f32>> {
-        PerView::from_fn(|view| self.scales(view, phi))
+    /// The expert scales of both views for `phi` and `c`.
+    pub fn all_scales(&self, phi: &[f32], c: Option<&[f32]>) -> PerView<Vec<f32>> {
+        PerView::from_fn(|view| self.scales(view, phi, c))
     }
 
-    /// Projections and fusion for one pair of view states.
-    pub fn user(&self, h_b: &[f32], h_s: &[f32]) -> HeadsOut {
+    /// Projections and fusion (step 6) for a pair of view states, plus the
+    /// collaborative state `c` (version 2).
+    pub fn user(&self, h_b: &[f32], h_s: &[f32], c: Option<&[f32]>) -> HeadsOut {
         let h = self.heads;
         let z_b = project(h.proj(View::Behavioral), h_b);
         let z_s = project(h.proj(View::Semantic), h_s);
         let fused = kernels::fuse(&h.fusion.weight, &h.fusion.bias, &z_b, &z_s);
+        let mut u = fused.u;
+        if let Some(c) = c {
+            u.iter_mut().zip(c).for_each(|(u, c)| *u += c);
+        }
         HeadsOut {
             z_b,
             z_s,
-            u: fused.u,
+            u,
             beta: fused.beta,
         }
     }
@@ -89,6 +120,15 @@ impl<'a> HeadsForward<'a> {
             e.iter_mut().zip(id).for_each(|(e, id)| *e += id);
         }
         e
+    }
+}
+
+fn gru(g: &Gru) -> kernels::GruWeights<'_> {
+    kernels::GruWeights {
+        weight_ih: &g.weight_ih,
+        weight_hh: &g.weight_hh,
+        bias_ih: &g.bias_ih,
+        bias_hh: &g.bias_hh,
     }
 }
 

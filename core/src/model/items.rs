@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::kernels::{CatalogMatrix, KernelError, Storage};
-use crate::prompt::ItemRef;
+use crate::prompt::{ItemRef, Label};
 
 use super::ModelError;
 
@@ -29,6 +29,9 @@ pub struct ItemTable {
     bias: Vec<f32>,
     d_r: usize,
     bundle_len: usize,
+    /// Version 2 `render: codes`: the bundle items' semantic IDs (cold items
+    /// have none); `None`: every item renders as `#<id>`.
+    codes: Option<Vec<String>>,
 }
 
 impl ItemTable {
@@ -53,7 +56,14 @@ impl ItemTable {
             vectors,
             bias,
             d_r,
+            codes: None,
         }
+    }
+
+    /// The bundle items' semantic IDs (MODEL.md step 3, `render: codes`).
+    pub fn with_codes(mut self, codes: Option<Vec<String>>) -> Self {
+        self.codes = codes;
+        self
     }
 
     /// Replaces the cold items: `(item, e_i)` for each, bias 0. Ids the table
@@ -107,9 +117,16 @@ impl ItemTable {
 
     /// How a prompt shows the item of `row`.
     pub fn item_ref(&self, row: u32) -> ItemRef<'_> {
+        let label = match &self.codes {
+            None => Label::Id,
+            Some(codes) => codes
+                .get(row as usize)
+                .map_or(Label::Missing, |c| Label::Code(c)),
+        };
         ItemRef {
             id: self.id(row),
             text: self.text(row),
+            label,
         }
     }
 
@@ -202,6 +219,11 @@ mod tests {
         assert_eq!(t.bias(), [0.1, 0.2, 0.0]);
         assert!(t.check_rows(&[0, 2]).is_ok());
         assert!(t.check_rows(&[3]).is_err());
+        assert_eq!(t.item_ref(2).label, Label::Id);
+        // With codes, bundle items render them and cold items have none.
+        let t = t.with_codes(Some(vec!["A b".into(), "C d".into()]));
+        assert_eq!(t.item_ref(1).label, Label::Code("C d"));
+        assert_eq!(t.item_ref(2).label, Label::Missing);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::bundle::{Bundle, BundleError};
 use crate::kernels::{Hit, KernelError, Scorer};
 use crate::per_view::PerView;
 use crate::progress::{CancelToken, Cancelled, Progress};
-use crate::prompt::{ItemRef, Template, View};
+use crate::prompt::{cap_text, ItemRef, Template, View};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -74,7 +74,7 @@ pub fn item_text_states(
     let mut states = Vec::with_capacity(texts.len() * backbone.n_embd());
     for (i, text) in texts.iter().enumerate() {
         progress.tick(i, texts.len())?;
-        let prompt = template.render(View::Semantic, [ItemRef { id: "", text }]);
+        let prompt = template.render(View::Semantic, [ItemRef::text_only(text)]);
         states.extend(session.state_fresh(&backbone.tokenize(&prompt)?)?);
     }
     progress.finish(texts.len());
@@ -104,6 +104,8 @@ pub struct Preference {
     pub timings: StepTimings,
     /// The view states `h_b`, `h_s` it came from.
     pub states: PerView<Vec<f32>>,
+    /// The collaborative state `c` (version 2; `None` in version 1).
+    pub collab: Option<Vec<f32>>,
 }
 
 /// A bundle ready to serve: experts loaded, item vectors on the scorer.
@@ -157,11 +159,19 @@ impl L2Rec {
     /// the grown catalog on the scorer.
     pub fn set_cold_items(&mut self, cold: &[ColdItem]) -> Result<(), ModelError> {
         let heads = self.heads();
-        let vectors: Vec<Vec<f32>> = cold
+        let cap = self.bundle.manifest.max_text_chars;
+        let capped: Vec<ColdItem> = cold
+            .iter()
+            .map(|c| ColdItem {
+                text: cap_text(&c.text, cap).into_owned(),
+                ..c.clone()
+            })
+            .collect();
+        let vectors: Vec<Vec<f32>> = capped
             .iter()
             .map(|c| heads.item(&c.text_state, None))
             .collect();
-        self.items.set_cold(cold.iter().zip(vectors));
+        self.items.set_cold(capped.iter().zip(vectors));
         self.scorer = Scorer::auto(self.items.catalog_matrix()?);
         Ok(())
     }
@@ -170,7 +180,8 @@ impl L2Rec {
     /// (what a cold item needs).
     pub fn text_state(&mut self, text: &str) -> Result<Vec<f32>, ModelError> {
         let template = &self.bundle.manifest.views.semantic.template;
-        let prompt = template.render(View::Semantic, [ItemRef { id: "", text }]);
+        let text = cap_text(text, self.bundle.manifest.max_text_chars);
+        let prompt = template.render(View::Semantic, [ItemRef::text_only(&text)]);
         let tokens = self.backbone.tokenize(&prompt)?;
         let session = &mut self.sessions[View::Semantic];
         session.set_mixture(&[])?;
@@ -286,7 +297,33 @@ impl L2Rec {
             .collect())
     }
 
-    /// The user's preference `u` (SPEC steps 1-6) for a history of catalog
+    /// MODEL.md step 0: the collaborative state after the recent part of
+    /// `history` (`None` for a version 1 bundle).
+    pub fn collab(&self, history: &[u32]) -> Result<Option<Vec<f32>>, ModelError> {
+        self.items.check_rows(history)?;
+        let history = self.recent(history);
+        Ok(self
+            .heads()
+            .collab(history.iter().map(|&r| self.items.vector(r))))
+    }
+
+    /// `c` after every item of `history` (teacher forcing; all of it counts).
+    pub fn collab_each(&self, history: &[u32]) -> Result<Option<Vec<Vec<f32>>>, ModelError> {
+        self.items.check_rows(history)?;
+        Ok(self
+            .heads()
+            .collab_each(history.iter().map(|&r| self.items.vector(r))))
+    }
+
+    /// The expert scales of both views for `phi` and a history (version 2
+    /// gates read the history's collaborative state).
+    pub fn scales(&self, phi: &[f32], history: &[u32]) -> Result<PerView<Vec<f32>>, ModelError> {
+        self.check_phi(phi)?;
+        let c = self.collab(history)?;
+        Ok(self.heads().all_scales(phi, c.as_deref()))
+    }
+
+    /// The user's preference `u` (MODEL.md steps 0-6) for a history of catalog
     /// rows, oldest first; only the [`L2Rec::recent`] items count.
     pub fn preference(&mut self, phi: &[f32], history: &[u32]) -> Result<Preference, ModelError> {
         self.check_phi(phi)?;
@@ -294,7 +331,8 @@ impl L2Rec {
         let history = self.recent(history);
         let mut timings = StepTimings::default();
         let started = Instant::now();
-        let scales = self.heads().all_scales(phi);
+        let collab = self.collab(history)?;
+        let scales = self.heads().all_scales(phi, collab.as_deref());
         timings.gate = started.elapsed();
         let mut states = PerView::<Vec<f32>>::default();
         for view in View::BOTH {
@@ -307,7 +345,9 @@ impl L2Rec {
             timings.tokens_evaluated += self.sessions[view].tokens_evaluated_last();
         }
         let started = Instant::now();
-        let out = self.heads().user(&states.behavioral, &states.semantic);
+        let out = self
+            .heads()
+            .user(&states.behavioral, &states.semantic, collab.as_deref());
         timings.heads = started.elapsed();
         Ok(Preference {
             u: out.u,
@@ -315,25 +355,29 @@ impl L2Rec {
             scales,
             timings,
             states,
+            collab,
         })
     }
 
     /// The preference from view states computed earlier for the same history
-    /// and mixture (a cache hit): the heads alone.
+    /// and mixture (a cache hit): the encoder and the heads alone.
     pub fn preference_from_states(
         &self,
         phi: &[f32],
+        history: &[u32],
         states: PerView<Vec<f32>>,
     ) -> Result<Preference, ModelError> {
         self.check_phi(phi)?;
+        let collab = self.collab(history)?;
         let heads = self.heads();
-        let out = heads.user(&states.behavioral, &states.semantic);
+        let out = heads.user(&states.behavioral, &states.semantic, collab.as_deref());
         Ok(Preference {
             u: out.u,
             beta: out.beta,
-            scales: heads.all_scales(phi),
+            scales: heads.all_scales(phi, collab.as_deref()),
             timings: StepTimings::default(),
             states,
+            collab,
         })
     }
 
@@ -395,4 +439,5 @@ fn bundle_items(bundle: &Bundle, text_states: &[f32]) -> ItemTable {
         items.bias.clone(),
         d_r,
     )
+    .with_codes(items.codes.clone())
 }

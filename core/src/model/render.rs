@@ -34,7 +34,9 @@ pub fn fit_prompt(
 }
 
 /// The token position where each kept item ends (the last token of its
-/// separator), ascending, for teacher forcing.
+/// separator), ascending, for teacher forcing. An item the view does not show
+/// (no codes: [`ItemRef::has_label`]) ends where the item before it did, or
+/// at the prefix's last token.
 pub fn item_ends(
     backbone: &Backbone,
     template: &Template,
@@ -44,15 +46,25 @@ pub fn item_ends(
 ) -> Result<Vec<usize>, BackboneError> {
     let kept = &items[prompt.first..];
     let last = prompt.tokens.len().saturating_sub(1);
-    let mut ends = Vec::with_capacity(kept.len());
+    let prefix_end = backbone
+        .tokenize(&template.render(view, []))?
+        .len()
+        .saturating_sub(1)
+        .min(last);
+    let mut ends: Vec<usize> = Vec::with_capacity(kept.len());
     for i in 1..=kept.len() {
+        let previous = ends.last().copied().unwrap_or(prefix_end);
+        if view == View::Behavioral && !kept[i - 1].has_label() {
+            ends.push(previous);
+            continue;
+        }
         // Token boundaries are where the prefix's own tokenization ends; a
         // separator that merged with the next item would shift them, so
         // clamp to stay ascending and inside the prompt.
         let len = backbone
             .tokenize(&template.render(view, kept[..i].iter().copied()))?
             .len();
-        let floor = ends.last().map_or(0, |&e: &usize| e + 1);
+        let floor = if ends.is_empty() { 0 } else { previous + 1 };
         ends.push(len.saturating_sub(1).clamp(floor.min(last), last));
     }
     Ok(ends)

@@ -1,7 +1,7 @@
 //! The gradient of a user's next-item loss with respect to `phi_u` through a
 //! linearization of each view in its expert scales, the model's own gate
 //! (same top-k, same tie rule) and its fusion head; plain gradient descent
-//! with an L2 pull toward `phi_mean`. Pure math: `personalize::run` measures
+//! with an L2 pull toward the start (`phi_mean`: 0 in version 2). Pure math: `personalize::run` measures
 //! the states.
 
 use crate::bundle::Linear;
@@ -37,11 +37,32 @@ impl Linearization {
     }
 }
 
+/// The collaborative states of a version 2 model (MODEL.md step 0) for the
+/// history being learned from: after its last item (what the gates read)
+/// and after each item (what joins `u` at that position).
+#[derive(Debug, Clone)]
+pub struct CollabStates {
+    pub last: Vec<f32>,
+    pub each: Vec<Vec<f32>>,
+}
+
+impl CollabStates {
+    /// From the states after each item (the last one is what the gates read).
+    pub fn from_each(each: Vec<Vec<f32>>) -> Option<Self> {
+        Some(Self {
+            last: each.last()?.clone(),
+            each,
+        })
+    }
+}
+
 /// Everything the loss of one user depends on besides `phi`.
 pub struct Problem<'a> {
     /// The model's own forward (gate, projections, fusion).
     pub heads: HeadsForward<'a>,
     pub views: PerView<Linearization>,
+    /// `None` for a version 1 model (`c = 0`).
+    pub collab: Option<&'a CollabStates>,
     /// `e_i`, `[N, d_r]`, and `bias`, `[N]`.
     pub items: &'a [f32],
     pub bias: &'a [f32],
@@ -98,14 +119,16 @@ pub fn cross_entropy(items: &[f32], bias: &[f32], u: &[f32], target: u32) -> (f6
 /// The loss and its gradient with respect to `phi` over `targets`
 /// (`(position, next item row)` pairs).
 pub fn loss_and_gradient(p: &Problem, phi: &[f32], targets: &[(usize, u32)]) -> (f32, Vec<f32>) {
-    let gates = PerView::from_fn(|v| p.heads.gate(v, phi));
+    let gate_c = p.collab.map(|c| c.last.as_slice());
+    let gates = PerView::from_fn(|v| p.heads.gate(v, phi, gate_c));
     let layers = p.heads.layers();
     let d_r = layers.fusion.rows;
     let mut loss = 0f64;
     let mut d_scales = gates.as_ref().map(|_, g| vec![0f32; g.logits.len()]);
     for &(pos, target) in targets {
         let h = PerView::from_fn(|v| p.views[v].state(pos, &gates[v].scales));
-        let out = p.heads.user(&h.behavioral, &h.semantic);
+        let c = p.collab.map(|c| c.each[pos].as_slice());
+        let out = p.heads.user(&h.behavioral, &h.semantic, c);
         let (z_b, z_s, beta) = (&out.z_b, &out.z_s, &out.beta);
 
         let (target_loss, d_u) = cross_entropy(p.items, p.bias, &out.u, target);
@@ -219,6 +242,8 @@ mod tests {
         let heads = Heads {
             gate_behavioral: rng.linear(k, d_phi, 1.0),
             gate_semantic: rng.linear(k, d_phi, 1.0),
+            gate_read: Default::default(),
+            encoder: None,
             phi_mean: rng.values(d_phi, 0.3),
             proj_behavioral: rng.linear(d_r, d, 0.5),
             proj_semantic: rng.linear(d_r, d, 0.5),
@@ -230,6 +255,7 @@ mod tests {
         let problem = Problem {
             heads: HeadsForward::new(&heads, PerView::new(2, 2)),
             views: PerView::new(rng.linearization(k, pos, d), rng.linearization(k, pos, d)),
+            collab: None,
             items: &items,
             bias: &bias,
             phi_mean: &heads.phi_mean,

@@ -12,7 +12,9 @@
 
 mod gradient;
 
-pub use gradient::{cross_entropy, descend, loss_and_gradient, Linearization, Problem};
+pub use gradient::{
+    cross_entropy, descend, loss_and_gradient, CollabStates, Linearization, Problem,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -164,12 +166,17 @@ fn protocol(
         total,
         progress,
     };
-    let views = PerView::try_from_fn(|view| linearize(model, &mut passes, view, phi0))?;
+    let collab = model
+        .collab_each(history)?
+        .and_then(CollabStates::from_each);
+    let gate_c = collab.as_ref().map(|c| c.last.as_slice());
+    let views = PerView::try_from_fn(|view| linearize(model, &mut passes, view, phi0, gate_c))?;
 
     let heads = model.heads();
     let problem = Problem {
         heads,
         views,
+        collab: collab.as_ref(),
         items: model.items().vectors(),
         bias: model.items().bias(),
         phi_mean: model.phi_mean(),
@@ -187,8 +194,8 @@ fn protocol(
     )?;
     let (train_after, _) = loss_and_gradient(&problem, &phi, train);
 
-    let held_before = measured_loss(model, &mut passes, phi0, held_out)?;
-    let held_after = measured_loss(model, &mut passes, &phi, held_out)?;
+    let held_before = measured_loss(model, &mut passes, phi0, collab.as_ref(), held_out)?;
+    let held_after = measured_loss(model, &mut passes, &phi, collab.as_ref(), held_out)?;
     passes.progress.finish(total);
     let saved = held_after < held_before;
     let report = PersonalizeReport {
@@ -261,8 +268,9 @@ fn linearize(
     passes: &mut Passes,
     view: View,
     phi0: &[f32],
+    gate_c: Option<&[f32]>,
 ) -> Result<Linearization, ModelError> {
-    let g0 = model.heads().scales(view, phi0);
+    let g0 = model.heads().scales(view, phi0, gate_c);
     let at_g0 = passes.states(model, view, &g0)?;
     let base = passes.states(model, view, &vec![0.0; g0.len()])?;
     let mut directions = Vec::with_capacity(g0.len());
@@ -291,16 +299,22 @@ fn measured_loss(
     model: &mut L2Rec,
     passes: &mut Passes,
     phi: &[f32],
+    collab: Option<&CollabStates>,
     targets: &[Target],
 ) -> Result<f32, ModelError> {
-    let scales = model.heads().all_scales(phi);
+    let scales = model
+        .heads()
+        .all_scales(phi, collab.map(|c| c.last.as_slice()));
     let states = PerView::try_from_fn(|view| passes.states(model, view, &scales[view]))?;
     let heads = model.heads();
     let items = model.items();
     let total: f64 = targets
         .iter()
         .map(|&(pos, target)| {
-            let u = heads.user(&states.behavioral[pos], &states.semantic[pos]).u;
+            let c = collab.map(|c| c.each[pos].as_slice());
+            let u = heads
+                .user(&states.behavioral[pos], &states.semantic[pos], c)
+                .u;
             cross_entropy(items.vectors(), items.bias(), &u, target).0
         })
         .sum();

@@ -112,7 +112,7 @@ pub fn write_small_bundle_with(dir: &Path, k: usize) -> PathBuf {
     let (behavioral, semantic) = l2rec_dev::zeroshot::default_templates();
     let manifest = Manifest {
         format: FORMAT.into(),
-        version: VERSION,
+        version: 1,
         name: "test-small".into(),
         backbone: BackboneRef {
             file: assets::MODEL_FILE.into(),
@@ -126,11 +126,13 @@ pub fn write_small_bundle_with(dir: &Path, k: usize) -> PathBuf {
                 experts: 2,
                 k,
                 template: behavioral,
+                render: Default::default(),
             },
             semantic: ViewSpec {
                 experts: 2,
                 k,
                 template: semantic,
+                render: Default::default(),
             },
         },
         lora: small_lora(),
@@ -141,6 +143,8 @@ pub fn write_small_bundle_with(dir: &Path, k: usize) -> PathBuf {
         },
         history: HistorySpec { max_items: 20 },
         items: ItemsSpec { count: SMALL_ITEMS },
+        encoder: Default::default(),
+        max_text_chars: 0,
         files: Default::default(),
     };
     let mut rng = SplitMix(11);
@@ -148,6 +152,8 @@ pub fn write_small_bundle_with(dir: &Path, k: usize) -> PathBuf {
     let heads = Heads {
         gate_behavioral: random_linear(&mut rng, 2, D_PHI, 1.0),
         gate_semantic: random_linear(&mut rng, 2, D_PHI, 1.0),
+        gate_read: Default::default(),
+        encoder: None,
         phi_mean: (0..D_PHI).map(|_| rng.next_signed()).collect(),
         proj_behavioral: random_linear(&mut rng, D_R, d, 0.05),
         proj_semantic: random_linear(&mut rng, D_R, d, 0.05),
@@ -162,6 +168,7 @@ pub fn write_small_bundle_with(dir: &Path, k: usize) -> PathBuf {
             .collect(),
         bias: (0..SMALL_ITEMS).map(|_| 0.01 * rng.next_signed()).collect(),
         text_state: None,
+        codes: None,
     };
     let writer = BundleWriter::new(dir, manifest).expect("staging directory");
     writer.write_heads(&heads).unwrap();

@@ -1,0 +1,220 @@
+"""Stage 1 of training a v2 model: the collaborative part alone, trained to convergence.
+
+MODEL.md v2 step 0 reads the history with a GRU over the item vectors
+e_i = E[i] + Q t_i + q; its state c joins u and drives the gates. This stage
+trains those parts (encoder, E, Q, q, item bias) with `u = c` alone, full
+softmax cross-entropy on every position of the training windows, and early
+stopping on validation NDCG@10: seconds per epoch, no backbone pass beyond the
+cached item text states. The LLM stages then start from it, and the stage
+alone is the "model without its backbone" ablation:
+
+    python -m l2rec_train.collab --config configs/v2-collab.json --seeds 0 1 2
+
+writes `<out>/collab-seed<S>.json` (metrics, curve, per-user test ranks) and
+`<out>/collab.json` (mean and standard error over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data, metrics, paths
+from . import distributed as dist_util
+from .config import Config
+from .statecache import pad
+
+COLLAB_PARAMS = ("encoder.", "item_id.", "text_proj.", "item_bias")
+
+
+def collab_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if n.startswith(COLLAB_PARAMS)]
+
+
+def windows_of(split: data.Split, users, cfg: Config) -> list[np.ndarray]:
+    return [
+        w
+        for u in users
+        for w in data.training_windows(split.train[u], cfg.max_items, cfg.train.windows)
+    ]
+
+
+@torch.no_grad()
+def collab_ranks(model, split: data.Split, users, phase: str, max_items: int) -> torch.Tensor:
+    """Per-user ranks of the `phase` target scored with u = c (earlier items excluded)."""
+    model.eval()
+    users = list(users)
+    targets = torch.from_numpy(split.valid if phase == "valid" else split.test)
+    out = []
+    for s in range(0, len(users), 256):
+        j = users[s : s + 256]
+        seen = [split.seen_items(u, phase) for u in j]
+        hist = [data.truncate(h, max_items) for h in seen]
+        c = model.collab_states(pad(hist))
+        c_last = c[torch.arange(len(j)), torch.tensor([len(h) - 1 for h in hist])]
+        out.append(metrics.ranks(model.scores(c_last), targets[j], seen))
+    return torch.cat(out)
+
+
+def fit_collaborative(model, split: data.Split, users, cfg: Config, log=print) -> list[dict]:
+    """Trains the collaborative parameters with u = c until validation NDCG@10 has not
+    improved for `train.collab_patience` epochs; keeps the best epoch's weights."""
+    t = cfg.train
+    params = collab_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=t.lr_collab, weight_decay=t.weight_decay)
+    windows = windows_of(split, users, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    best, best_epoch, best_state, rows = -1.0, -1, None, []
+    for epoch in range(t.collab_max_epochs):
+        model.train()
+        t0, ce_sum, n_sum = time.time(), 0.0, 0
+        order = torch.randperm(len(windows), generator=generator).tolist()
+        for s in range(0, len(order), t.collab_batch_size):
+            batch = [windows[i] for i in order[s : s + t.collab_batch_size]]
+            items = pad(batch)
+            targets = pad([w[1:] for w in batch], value=-1)
+            c = model.collab_states(items)[:, :-1]
+            mask = targets >= 0
+            ce = F.cross_entropy(model.scores(c[mask]), targets[mask])
+            optimizer.zero_grad(set_to_none=True)
+            ce.backward()
+            optimizer.step()
+            n = int(mask.sum())
+            ce_sum, n_sum = ce_sum + float(ce.detach()) * n, n_sum + n
+        valid = metrics.from_ranks(collab_ranks(model, split, users, "valid", cfg.max_items))
+        rows.append(
+            {
+                "collab_epoch": epoch,
+                "train_ce": ce_sum / n_sum,
+                "seconds": time.time() - t0,
+                **{f"valid_{k}": v for k, v in valid.items()},
+            }
+        )
+        if valid["NDCG@10"] > best:
+            best, best_epoch = valid["NDCG@10"], epoch
+            best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
+        if epoch % 10 == 0 or epoch - best_epoch >= t.collab_patience:
+            log(
+                json.dumps(
+                    {k: round(v, 5) if isinstance(v, float) else v for k, v in rows[-1].items()}
+                )
+            )
+        if epoch - best_epoch >= t.collab_patience:
+            break
+    model.load_state_dict(best_state)
+    rows[best_epoch]["best"] = True
+    return rows
+
+
+def stage_one(cfg: Config, out: Path, log=print) -> tuple[dict, list[str] | None]:
+    """Stage 1 and the codes (MODEL.md v2, training steps 1-2), resumable: the collaborative
+    parameters and the rendered codes, from `out/collab.pt` when a run already made them."""
+    from .codes import collisions, render, residual_codes
+    from .context import build_context
+
+    path = out / "collab.pt"
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        return saved["params"], saved["codes"]
+    ctx = build_context(replace(cfg, fusion="collab"))
+    rows = fit_collaborative(ctx.model, ctx.split, ctx.users, ctx.cfg, log)
+    model = ctx.model
+    params = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(COLLAB_PARAMS)}
+    codes = None
+    if cfg.views["behavioral"].render == "codes":
+        spec = {"sizes": [16, 16, 16], "seed": cfg.seed, **cfg.codes}
+        with torch.no_grad():
+            vectors = model.item_vectors().numpy()
+        raw = residual_codes(vectors, spec["sizes"], spec["seed"])
+        codes = [render(c) for c in raw]
+        log(json.dumps({"codes": spec, "items": len(codes), "collisions": collisions(raw)}))
+    if dist_util.rank() == 0:  # every rank computed the same (same seed, same data)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"params": params, "codes": codes, "rows": rows}, tmp)
+        tmp.replace(path)
+        with open(out / "log.jsonl", "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    return params, codes
+
+
+def run_seed(cfg: Config, seed: int) -> dict:
+    from .context import build_context
+
+    cfg = replace(cfg, seed=seed, fusion="collab")
+    ctx = build_context(cfg)
+    t0 = time.time()
+    rows = fit_collaborative(
+        ctx.model, ctx.split, ctx.users, cfg, log=lambda s: print(s, file=sys.stderr)
+    )
+    ranks = collab_ranks(ctx.model, ctx.split, ctx.users, "test", cfg.max_items)
+    best = next(r for r in rows if r.get("best"))
+    return {
+        "seed": seed,
+        "valid": {k[6:]: v for k, v in best.items() if k.startswith("valid_")},
+        "test": metrics.from_ranks(ranks),
+        "test_se_users": {"NDCG@10": metrics.standard_error(metrics.ndcg10_per_user(ranks))},
+        "best_epoch": best["collab_epoch"],
+        "epochs_run": len(rows),
+        "valid_ndcg10_by_epoch": [round(r["valid_NDCG@10"], 5) for r in rows],
+        "train_seconds": round(time.time() - t0, 1),
+        "test_ranks": ranks.tolist(),
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=paths.cache_dir() / "runs" / "collab")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = Config.load(args.config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in args.seeds:
+        run = run_seed(cfg, seed)
+        run["command"] = shlex.join([sys.executable, "-m", "l2rec_train.collab", *sys.argv[1:]])
+        (args.out / f"collab-seed{seed}.json").write_text(json.dumps(run) + "\n")
+        runs.append(run)
+        print(
+            json.dumps(
+                {k: v for k, v in run.items() if k not in ("test_ranks", "valid_ndcg10_by_epoch")}
+            )
+        )
+    summary = {
+        "config": cfg.to_dict(),
+        "seeds": args.seeds,
+        "test": {
+            k: {
+                "mean": float(np.mean([r["test"][k] for r in runs])),
+                "se_seeds": metrics.standard_error([r["test"][k] for r in runs]),
+            }
+            for k in runs[0]["test"]
+        },
+        "runs": [
+            {
+                k: r[k]
+                for k in ("seed", "valid", "test", "best_epoch", "epochs_run", "train_seconds")
+            }
+            for r in runs
+        ],
+    }
+    (args.out / "collab.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary["test"]))
+
+
+if __name__ == "__main__":
+    main()

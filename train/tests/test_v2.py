@@ -1,0 +1,163 @@
+"""MODEL.md version 2 in the trainer: item texts with genres, semantic-ID codes, the
+collaborative encoder and the gate it drives, the staged training, the v2 bundle."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from l2rec_train import codes, data, paths
+from l2rec_train.backbone import Backbone
+from l2rec_train.config import Config
+from l2rec_train.model import L2Rec
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_item_text_names_genres_and_respects_the_cap():
+    text = data.item_text("Toy Story", "1995", "Animation Children's Comedy")
+    assert text == "Toy Story (1995); Animation, Children's, Comedy"
+    assert data.item_text("Untitled", "", "") == "Untitled"
+    assert data.item_text("Toy Story", "1995", "Animation Children's Comedy", 27) == (
+        "Toy Story (1995); Animation"
+    )
+    # A cap inside a word cuts back to the word boundary, and never leaves a separator.
+    assert data.cap_text("Toy Story (1995); Animation", 20) == "Toy Story (1995)"
+    assert data.cap_text("abcdefgh", 4) == "abcd"  # one long word: cut inside it
+
+
+def test_catalog_with_genres(catalog_split):
+    catalog = data.load_catalog(genres=True, max_chars=120)
+    assert catalog.texts[0] == "Toy Story (1995); Animation, Children's, Comedy"
+    assert max(len(t) for t in catalog.texts) <= 120
+    assert catalog.item_ids == catalog_split[0].item_ids  # same rows, richer texts
+
+
+def test_residual_codes_find_clusters_and_refine_them():
+    rng = np.random.default_rng(1)
+    centers = np.array([[10.0, 0], [0, 10.0], [-10.0, 0], [0, -10.0]])
+    x = np.concatenate([c + rng.normal(size=(25, 2)) for c in centers])
+    c = codes.residual_codes(x, [4, 3], seed=0)
+    assert c.shape == (100, 2)
+    # Level 1 recovers the four clusters exactly: one code per cluster.
+    assert [len(set(c[i * 25 : (i + 1) * 25, 0])) for i in range(4)] == [1, 1, 1, 1]
+    assert len(set(c[:, 0])) == 4
+    assert len(set(map(tuple, c.tolist()))) > 4  # level 2 splits inside clusters
+    assert np.array_equal(c, codes.residual_codes(x, [4, 3], seed=0))  # seeded
+    assert codes.collisions(np.array([[0, 1], [0, 1], [2, 3]])) == 1
+    with pytest.raises(ValueError, match="1-3 levels"):
+        codes.residual_codes(x, [27])
+
+
+def test_every_code_renders_one_token_per_level(tokenizer):
+    for a in range(26):
+        for b in range(26):
+            for c in range(26):
+                text = codes.render(np.array([a, b, c]))
+                ids = tokenizer.encode(text + "\n", add_special=False)
+                assert len(ids) == 4, (text, ids)
+    # The levels never share a token: "A", " a" and " A" are different tokens.
+    firsts = {
+        tokenizer.encode(codes.render(np.array([i])), add_special=False)[0] for i in range(26)
+    }
+    seconds = {tokenizer.encode(codes.ALPHABETS[1][i], add_special=False)[0] for i in range(26)}
+    thirds = {tokenizer.encode(codes.ALPHABETS[2][i], add_special=False)[0] for i in range(26)}
+    assert len(firsts | seconds | thirds) == 78
+
+
+def _v2_model(n_items=6, d_r=8):
+    bb = Backbone(layers=range(0), embeddings=False)
+    cfg = Config(
+        name="v2",
+        encoder="gru",
+        phi_init="zero",
+        views={"behavioral": {"experts": 3, "k": 2}, "semantic": {"experts": 2, "k": 1}},
+        lora={"rank": 2, "alpha": 4.0, "layers": [17], "modules": ["attn_q"]},
+        d_r=d_r,
+        d_phi=3,
+        max_items=5,
+    )
+    torch.manual_seed(0)
+    return L2Rec(cfg, bb, 4, 30.0 * torch.randn(n_items, bb.config.n_embd) + 100.0)
+
+
+@pytest.fixture(scope="module")
+def v2_model():
+    if not paths.backbone_path().exists():
+        pytest.skip("backbone missing: run scripts/fetch-assets")
+    return _v2_model().eval()
+
+
+def test_collab_state_after_an_item_ignores_later_items(v2_model):
+    a = torch.tensor([[0, 1, 2, 3, 4]])
+    b = torch.tensor([[0, 1, 2, 5, 5]])
+    with torch.no_grad():
+        ca, cb = v2_model.collab_states(a), v2_model.collab_states(b)
+    assert torch.equal(ca[:, :3], cb[:, :3])
+    assert not torch.allclose(ca[:, 3], cb[:, 3])
+
+
+def test_gate_follows_the_history_when_phi_is_zero(v2_model):
+    assert torch.count_nonzero(v2_model.phi.weight) == 0  # v2: phi starts at zero
+    phi = torch.zeros(2, 3)
+    with torch.no_grad():
+        c = v2_model.collab_states(torch.tensor([[0, 1, 2], [3, 4, 5]]))[:, -1]
+        g = v2_model.gate("behavioral", phi, c)
+        logits = v2_model.gate_reads["behavioral"](c) + v2_model.gates["behavioral"](phi)
+    assert not torch.allclose(g[0], g[1])
+    assert torch.allclose(g.sum(-1), torch.ones(2))
+    assert (g > 0).sum(-1).tolist() == [2, 2]  # top-2 of 3 experts
+    kept = torch.sort(-logits, dim=-1, stable=True).indices[:, :2]
+    assert torch.equal((g > 0).nonzero()[:, 1].view(2, 2).sort(-1).values, kept.sort(-1).values)
+
+
+def test_v2_export_carries_the_encoder_the_gate_reads_and_the_codes(v2_model, tmp_path):
+    from l2rec_train.export import export_bundle
+
+    n = v2_model.item_id.weight.shape[0]
+    rendered = [codes.render(np.array([i % 26, i % 3])) for i in range(n)]
+    catalog = data.Catalog([str(i + 1) for i in range(n)], [f"M{i}" for i in range(n)], rendered)
+    out = export_bundle(v2_model, catalog, ["u1", "u2"], [0, 1], tmp_path / "bundle")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["version"] == 2 and m["encoder"] == "gru"
+    assert m["views"]["behavioral"]["render"] == "id"  # this model's config renders ids
+    with safe_open(str(out / "heads.safetensors"), "pt") as f:
+        gru = v2_model.encoder.gru
+        assert torch.equal(f.get_tensor("encoder.gru.weight_ih"), gru.weight_ih_l0.detach())
+        assert torch.equal(f.get_tensor("encoder.gru.bias_hh"), gru.bias_hh_l0.detach())
+        assert f.get_tensor("gate.behavioral.read").shape == (3, 8)
+    with safe_open(str(out / "items.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["item_codes"]) == rendered
+
+
+def test_config_versions():
+    assert Config().version == 1
+    assert Config(encoder="gru").version == 2
+    with pytest.raises(ValueError, match="collab"):
+        Config(fusion="collab")
+    with pytest.raises(ValueError, match="render"):
+        Config(views={"semantic": {"render": "codes"}})
+
+
+def test_staged_training_end_to_end(tmp_path, catalog_split):
+    """tiny-v2: stage 1, codes, warmup, LoRA steps, export; then a resumed run reuses stage 1."""
+    if not paths.backbone_path().exists():
+        pytest.skip("backbone missing: run scripts/fetch-assets")
+    from l2rec_train import train as trainer
+
+    out = tmp_path / "run"
+    trainer.main(["--config", str(CONFIGS / "tiny-v2.json"), "--out", str(out), "--threads", "1"])
+    m = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert m["version"] == 2 and m["views"]["behavioral"]["render"] == "codes"
+    with safe_open(str(out / "bundle" / "items.safetensors"), "pt") as f:
+        item_codes = json.loads(f.metadata()["item_codes"])
+        texts = json.loads(f.metadata()["item_texts"])
+    assert len(item_codes) == len(catalog_split[0]) and all(len(c) == 3 for c in item_codes)
+    assert texts[0] == "Toy Story (1995); Animation, Children's, Comedy"
+    stage1 = torch.load(out / "collab.pt", weights_only=False)
+    assert stage1["codes"] == item_codes
+    assert any(r.get("best") for r in stage1["rows"])
+    assert json.loads((out / "metrics.json").read_text())["test"]["NDCG@10"] >= 0.0
