@@ -107,6 +107,7 @@ pub fn build(
         },
         history: HistorySpec {
             max_items: MAX_ITEMS,
+            view_items: 0,
         },
         items: ItemsSpec {
             count: catalog.len(),

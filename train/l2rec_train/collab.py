@@ -42,11 +42,9 @@ def collab_parameters(model) -> list[torch.nn.Parameter]:
 
 
 def windows_of(split: data.Split, users, cfg: Config) -> list[np.ndarray]:
-    return [
-        w
-        for u in users
-        for w in data.training_windows(split.train[u], cfg.max_items, cfg.train.windows)
-    ]
+    """Stage 1's training windows: `train.collab_windows`, else the LLM stages' `windows`."""
+    mode = cfg.train.collab_windows or cfg.train.windows
+    return [w for u in users for w in data.training_windows(split.train[u], cfg.max_items, mode)]
 
 
 @torch.no_grad()

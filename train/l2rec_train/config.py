@@ -60,6 +60,7 @@ class TrainConfig:
     windows: str = "last"  # training windows per user: "last" or "all" (data.training_windows)
     # v2 stage 1 (collab.py): the encoder and item tables alone, early stopped on validation.
     lr_collab: float = 3e-3
+    collab_windows: str = ""  # stage 1's training windows ("last" or "all"; "": `windows`)
     collab_batch_size: int = 128  # windows per step
     collab_patience: int = 40  # epochs without a better validation NDCG@10 before stopping
     collab_max_epochs: int = 2000  # a guard only: runs stop by patience long before
@@ -73,7 +74,10 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     d_r: int = 64
     d_phi: int = 16
-    max_items: int = 50  # history.max_items: items a prompt holds
+    max_items: int = 50  # history.max_items: items the model reads (v1: the prompts)
+    # v2: history.view_items, the newest items the views' prompts show (0: max_items); the
+    # collaborative encoder reads all max_items. Shorter prompts, less backbone work.
+    view_items: int = 0
     # Ablations only: "adaptive" is SPEC's fusion; "behavioral" or "semantic" scores with that
     # view's z alone (the other view is never run). Only "adaptive" models export to a bundle.
     fusion: str = "adaptive"
@@ -136,6 +140,13 @@ class Config:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.max_items < 2:
             raise ValueError("max_items must be >= 2")
+        if self.view_items and not 2 <= self.view_items <= self.max_items:
+            raise ValueError("view_items must be 0 (max_items) or in 2..=max_items")
+
+    @property
+    def view_window(self) -> int:
+        """Items a view's prompt shows: the newest `view_items` (v2) or all `max_items`."""
+        return self.view_items or self.max_items
 
     @property
     def version(self) -> int:
@@ -145,6 +156,7 @@ class Config:
             or self.phi_init == "zero"
             or self.text_genres
             or self.max_text_chars > 0
+            or self.view_items > 0
             or any(c.render != "id" for c in self.views.values())
         )
         return 2 if v2 else 1

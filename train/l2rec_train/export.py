@@ -190,7 +190,10 @@ def export_bundle(
             "modules": list(cfg.lora.modules),
         },
         "dims": {"d": bb.config.n_embd, "d_r": cfg.d_r, "d_phi": cfg.d_phi},
-        "history": {"max_items": cfg.max_items},
+        "history": {
+            "max_items": cfg.max_items,
+            **({"view_items": cfg.view_window} if cfg.version >= 2 else {}),
+        },
         "items": {"count": len(catalog)},
         "files": {
             rel: {"sha256": _sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size}

@@ -56,8 +56,10 @@ class ViewPrompts:
         layer: int,
         name: str,
         batch_tokens: int,
+        window: int,
     ):
-        built = [builder.build(h) for h in histories.items]
+        # A view shows the newest `view_window` items of each history (MODEL.md step 3).
+        built = [builder.build(h[-window:]) for h in histories.items]
         self.tokens = [t for t, _ in built]
         self.ends = [e for _, e in built]
         self.backbone, self.layer = backbone, layer
@@ -82,11 +84,21 @@ class ViewPrompts:
 
 
 class PromptSet:
-    def __init__(self, histories: Histories, views: dict[str, ViewPrompts]):
-        self.histories, self.views = histories, views
+    def __init__(self, histories: Histories, views: dict[str, ViewPrompts], window: int):
+        self.histories, self.views, self.window = histories, views, window
 
     def __len__(self) -> int:
         return len(self.histories.items)
+
+    def offset(self, i: int) -> int:
+        """Where history i's view prompts start: its items before that only reach `c`. Zero
+        for a model without views (the collaborative stage reads every position)."""
+        n = len(self.histories.items[i])
+        return n - min(n, self.window) if self.views else 0
+
+    def targets_of(self, i: int) -> np.ndarray:
+        """History i's teacher-forcing targets: the items after each view item but the last."""
+        return self.histories.items[i][self.offset(i) + 1 :]
 
     def history(self, idx: list[int], positions: list[np.ndarray]) -> tuple:
         """The collaborative encoder's input (MODEL.md step 0): right-padded catalog rows
@@ -99,9 +111,12 @@ class PromptSet:
         """Inputs reading the state after every item but the last, and the next items as targets."""
         items = [self.histories.items[i] for i in idx]
         inputs = {v: vp.inputs(idx, [vp.ends[i][:-1] for i in idx]) for v, vp in self.views.items()}
-        inputs["history"] = self.history(idx, [np.arange(len(it) - 1) for it in items])
-        targets = pad([it[1:] for it in items])
-        mask = pad([np.ones(len(it) - 1, dtype=np.int64) for it in items]).bool()
+        positions = [
+            np.arange(self.offset(i), len(it) - 1) for i, it in zip(idx, items, strict=True)
+        ]
+        inputs["history"] = self.history(idx, positions)
+        targets = pad([self.targets_of(i) for i in idx])
+        mask = pad([np.ones(len(self.targets_of(i)), dtype=np.int64) for i in idx]).bool()
         users = torch.from_numpy(self.histories.users[idx])
         return users, inputs, targets, mask
 
@@ -129,11 +144,14 @@ def prompt_set(
     layer: int,
     name: str,
 ) -> PromptSet:
+    window = cfg.view_window
+    if window != cfg.max_items:
+        name = f"{name}-v{window}"
     views = {
-        v: ViewPrompts(b, histories, backbone, layer, name, cfg.train.state_batch_tokens)
+        v: ViewPrompts(b, histories, backbone, layer, name, cfg.train.state_batch_tokens, window)
         for v, b in builders.items()
     }
-    return PromptSet(histories, views)
+    return PromptSet(histories, views, window)
 
 
 def bucketed_batches(

@@ -181,7 +181,7 @@ def base_states(ctx: Context, batch_size: int = 8) -> tuple[dict, dict, torch.Te
             for states in base_states_after_items(model, pset.views[v], idx):
                 before[v].append(states[:-1])
                 last[v].append(states[-1])
-    targets = [int(t) for items in pset.histories.items for t in items[1:]]
+    targets = [int(t) for i in range(len(pset)) for t in pset.targets_of(i)]
     return (
         {v: torch.cat(x) for v, x in before.items()},
         {v: torch.stack(x) for v, x in last.items()},
@@ -194,8 +194,8 @@ def collab_reader(ctx: Context):
     validation prompts' last items for j = None; always None for a model without encoder."""
     model, pset = ctx.model, ctx.train_set
     windows = pset.histories.items
-    win_of = np.repeat(np.arange(len(windows)), [len(w) - 1 for w in windows])
-    pos_of = np.concatenate([np.arange(len(w) - 1) for w in windows])
+    win_of = np.repeat(np.arange(len(windows)), [len(pset.targets_of(i)) for i in range(len(pset))])
+    pos_of = np.concatenate([np.arange(pset.offset(i), len(w) - 1) for i, w in enumerate(windows)])
 
     def at(j: torch.Tensor | None) -> torch.Tensor | None:
         if model.encoder is None:

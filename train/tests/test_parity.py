@@ -56,6 +56,7 @@ CONFIG_V2 = {
     "phi_init": "zero",
     "text_genres": True,
     "max_text_chars": 60,
+    "view_items": 3,
     "codes": {"sizes": [8, 8]},
     "views": {
         "behavioral": {"experts": 2, "k": 1, "render": "codes"},

@@ -133,6 +133,19 @@ def test_v2_export_carries_the_encoder_the_gate_reads_and_the_codes(v2_model, tm
         assert json.loads(f.metadata()["item_codes"]) == rendered
 
 
+def test_views_show_the_newest_items_and_c_reads_the_window():
+    from l2rec_train.pipeline import Histories, PromptSet
+
+    hist = Histories(np.array([0, 1]), [np.arange(10, 16), np.arange(20, 22)])
+    pset = PromptSet(hist, {"semantic": None}, window=3)
+    assert pset.offset(0) == 3 and pset.targets_of(0).tolist() == [14, 15]
+    assert pset.offset(1) == 0 and pset.targets_of(1).tolist() == [21]
+    items, positions, last = pset.history([0, 1], [np.arange(3, 5), np.arange(0, 1)])
+    assert positions.tolist() == [[3, 4], [0, 0]] and last.tolist() == [5, 1]
+    # Without views (the collaborative stage) every position is a target.
+    assert PromptSet(hist, {}, window=3).targets_of(0).tolist() == [11, 12, 13, 14, 15]
+
+
 def test_config_versions():
     assert Config().version == 1
     assert Config(encoder="gru").version == 2
@@ -152,6 +165,7 @@ def test_staged_training_end_to_end(tmp_path, catalog_split):
     trainer.main(["--config", str(CONFIGS / "tiny-v2.json"), "--out", str(out), "--threads", "1"])
     m = json.loads((out / "bundle" / "manifest.json").read_text())
     assert m["version"] == 2 and m["views"]["behavioral"]["render"] == "codes"
+    assert m["history"] == {"max_items": 5, "view_items": 3}
     with safe_open(str(out / "bundle" / "items.safetensors"), "pt") as f:
         item_codes = json.loads(f.metadata()["item_codes"])
         texts = json.loads(f.metadata()["item_texts"])

@@ -78,7 +78,25 @@ pub struct Dims {
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HistorySpec {
+    /// The newest items the model reads (the collaborative encoder; v1: the prompts too).
     pub max_items: usize,
+    /// Version 2: the newest items a view's prompt shows (0 or absent: `max_items`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub view_items: usize,
+}
+
+impl HistorySpec {
+    /// Items a view's prompt shows (MODEL.md step 3).
+    pub fn view_window(&self) -> usize {
+        match self.view_items {
+            0 => self.max_items,
+            v => v.min(self.max_items),
+        }
+    }
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

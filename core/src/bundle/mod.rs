@@ -237,10 +237,19 @@ fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
             )));
         }
     }
-    if m.version < 2 && (m.encoder != Encoder::None || m.max_text_chars != 0) {
+    if m.version < 2
+        && (m.encoder != Encoder::None || m.max_text_chars != 0 || m.history.view_items != 0)
+    {
         return Err(invalid(
-            "`encoder` and `max_text_chars` need version 2 (docs/MODEL.md)".into(),
+            "`encoder`, `max_text_chars` and `history.view_items` need version 2 (docs/MODEL.md)"
+                .into(),
         ));
+    }
+    if m.history.view_items > m.history.max_items {
+        return Err(invalid(format!(
+            "history.view_items {} is more than history.max_items {}",
+            m.history.view_items, m.history.max_items
+        )));
     }
     if m.views.semantic.render != Render::Id
         || (m.version < 2 && m.views.behavioral.render != Render::Id)

@@ -251,9 +251,17 @@ impl L2Rec {
         Ok(())
     }
 
-    /// `view`'s prompt for `history` (catalog rows, oldest first), fitted to
-    /// the context.
+    /// The part of a history the views' prompts show (MODEL.md step 3: the
+    /// newest `history.view_items`).
+    pub fn view_window<'h>(&self, history: &'h [u32]) -> &'h [u32] {
+        let n = self.bundle.manifest.history.view_window();
+        &history[history.len().saturating_sub(n)..]
+    }
+
+    /// `view`'s prompt for the [`L2Rec::view_window`] of `history` (catalog
+    /// rows, oldest first), fitted to the context.
     pub fn fit(&self, view: View, history: &[u32]) -> Result<FittedPrompt, ModelError> {
+        let history = self.view_window(history);
         self.items.check_rows(history)?;
         let refs: Vec<ItemRef> = history.iter().map(|&r| self.items.item_ref(r)).collect();
         let n_ctx = self.backbone.config().n_ctx as usize;
@@ -262,8 +270,9 @@ impl L2Rec {
     }
 
     /// The newest part of `history` that both views' prompts show whole (what
-    /// teacher forcing can use).
+    /// teacher forcing can use): within the view window, what fits.
     pub fn fitting_suffix<'h>(&self, history: &'h [u32]) -> Result<&'h [u32], ModelError> {
+        let history = self.view_window(history);
         let mut first = 0;
         for view in View::BOTH {
             first = first.max(self.fit(view, history)?.first);
@@ -280,6 +289,7 @@ impl L2Rec {
         scales: &[f32],
         history: &[u32],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let history = self.view_window(history);
         let prompt = self.fit(view, history)?;
         let refs: Vec<ItemRef> = history.iter().map(|&r| self.items.item_ref(r)).collect();
         let template = &self.bundle.manifest.views.get(view).template;

@@ -137,25 +137,50 @@ pub fn run(
     if experts.behavioral + experts.semantic == 0 {
         return Ok(not_run("the bundle has no experts: nothing to personalize"));
     }
-    // The same items recommend reads, as far as both views' prompts show them.
-    let history = model.fitting_suffix(model.recent(history))?.to_vec();
+    // The same items recommend reads, as far as both views' prompts show them;
+    // the collaborative state after each of them reads all of the recent history.
+    let recent = model.recent(history);
+    let history = model.fitting_suffix(recent)?.to_vec();
     if history.len() < MIN_HISTORY {
         return Ok(not_run("fewer than 3 events: not enough to learn from"));
     }
+    let collab = model.collab_each(recent)?.and_then(|mut each| {
+        let tail = each.split_off(each.len() - history.len());
+        CollabStates::from_each(tail)
+    });
     let (train, held_out) = split_targets(&history, options.holdout);
-    protocol(model, &history, &train, &held_out, phi0, options, progress)
+    let run = Run {
+        history: &history,
+        train: &train,
+        held_out: &held_out,
+        collab: collab.as_ref(),
+    };
+    protocol(model, &run, phi0, options, progress)
+}
+
+/// What one run learns from: the history its prompts show, its targets,
+/// and the collaborative states along it (version 2).
+struct Run<'r> {
+    history: &'r [u32],
+    train: &'r [Target],
+    held_out: &'r [Target],
+    collab: Option<&'r CollabStates>,
 }
 
 /// The backbone passes, the descent and the decision of [`run`].
 fn protocol(
     model: &mut L2Rec,
-    history: &[u32],
-    train: &[Target],
-    held_out: &[Target],
+    run: &Run,
     phi0: &[f32],
     options: &PersonalizeOptions,
     progress: &mut Progress,
 ) -> Result<Outcome, ModelError> {
+    let Run {
+        history,
+        train,
+        held_out,
+        collab,
+    } = *run;
     let experts = PerView::from_fn(|v| model.expert_count(v));
     // Per view: the current and the base mixture and each expert alone; then
     // the held-back loss before and after (two passes each).
@@ -166,17 +191,14 @@ fn protocol(
         total,
         progress,
     };
-    let collab = model
-        .collab_each(history)?
-        .and_then(CollabStates::from_each);
-    let gate_c = collab.as_ref().map(|c| c.last.as_slice());
+    let gate_c = collab.map(|c| c.last.as_slice());
     let views = PerView::try_from_fn(|view| linearize(model, &mut passes, view, phi0, gate_c))?;
 
     let heads = model.heads();
     let problem = Problem {
         heads,
         views,
-        collab: collab.as_ref(),
+        collab,
         items: model.items().vectors(),
         bias: model.items().bias(),
         phi_mean: model.phi_mean(),
@@ -194,8 +216,8 @@ fn protocol(
     )?;
     let (train_after, _) = loss_and_gradient(&problem, &phi, train);
 
-    let held_before = measured_loss(model, &mut passes, phi0, collab.as_ref(), held_out)?;
-    let held_after = measured_loss(model, &mut passes, &phi, collab.as_ref(), held_out)?;
+    let held_before = measured_loss(model, &mut passes, phi0, collab, held_out)?;
+    let held_after = measured_loss(model, &mut passes, &phi, collab, held_out)?;
     passes.progress.finish(total);
     let saved = held_after < held_before;
     let report = PersonalizeReport {

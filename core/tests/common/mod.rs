@@ -141,7 +141,10 @@ pub fn write_small_bundle_with(dir: &Path, k: usize) -> PathBuf {
             d_r: D_R,
             d_phi: D_PHI,
         },
-        history: HistorySpec { max_items: 20 },
+        history: HistorySpec {
+            max_items: 20,
+            view_items: 0,
+        },
         items: ItemsSpec { count: SMALL_ITEMS },
         encoder: Default::default(),
         max_text_chars: 0,
