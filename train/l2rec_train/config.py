@@ -64,6 +64,7 @@ class TrainConfig:
     collab_batch_size: int = 128  # windows per step
     collab_patience: int = 40  # epochs without a better validation NDCG@10 before stopping
     collab_max_epochs: int = 2000  # a guard only: runs stop by patience long before
+    freeze_collab: bool = False  # v2: the LLM stages leave stage 1's parameters as selected
 
 
 @dataclass

@@ -153,6 +153,11 @@ class L2Rec(nn.Module):
         for lin in list(self.proj.values()) + [self.text_proj]:
             nn.init.normal_(lin.weight, std=std)
             nn.init.zeros_(lin.bias)
+        if self.encoder is not None:
+            # v2: the views' projections start at zero, so u = c: training starts from stage
+            # 1's model and the views add what they can (as LoRA's B starts at zero).
+            for lin in self.proj.values():
+                nn.init.zeros_(lin.weight)
         nn.init.normal_(self.item_id.weight, std=0.01)
         nn.init.normal_(self.fusion.weight, std=0.01)
         nn.init.zeros_(self.fusion.bias)

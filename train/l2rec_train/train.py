@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import distributed as dist_util
 from . import metrics as M
-from .collab import stage_one
+from .collab import COLLAB_PARAMS, stage_one
 from .config import Config
 from .context import Context, build_context
 from .export import export_bundle
@@ -211,18 +211,21 @@ def collab_reader(ctx: Context):
     return at
 
 
-def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict]:
+def warmup_heads(
+    ctx: Context, epochs: int, batch_size: int = 1024, floor: float = -1.0
+) -> list[dict]:
     """Linear probing before fine-tuning: trains the heads (projections, fusion, item tables)
     on the base model's cached view states, `epochs` passes over every target in seconds
-    each, and keeps the epoch with the best validation NDCG@10. The LoRA epochs that follow
-    (minutes each) then start from converged heads instead of random ones."""
+    each, and keeps the epoch with the best validation NDCG@10 if it beats `floor` (the
+    model it started from, v2's stage 1), else the starting weights. The LoRA epochs that
+    follow (minutes each) then start from converged heads instead of random ones."""
     model, cfg, split = ctx.model, ctx.cfg, ctx.split
     before, last, targets = base_states(ctx)
     collab_at = collab_reader(ctx)
     heads = [
         p
         for n, p in model.named_parameters()
-        if not n.startswith(("experts.", "gates.", "gate_reads.", "phi."))
+        if not n.startswith(("experts.", "gates.", "gate_reads.", "phi.")) and p.requires_grad
     ]
     optimizer = torch.optim.AdamW(
         heads, lr=cfg.train.lr_warmup or cfg.train.lr, weight_decay=cfg.train.weight_decay
@@ -230,7 +233,7 @@ def warmup_heads(ctx: Context, epochs: int, batch_size: int = 1024) -> list[dict
     users = np.array(list(ctx.users))
     valid_states = {v: x[torch.from_numpy(ctx.valid_index)] for v, x in last.items()}
     exclude = [split.seen_items(int(u), "valid") for u in users]
-    best, best_state, rows = -1.0, None, []
+    best, best_state, rows = floor, None, []
     generator = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(epochs):
         model.train()
@@ -329,6 +332,11 @@ def main(argv=None) -> None:
     ctx = build_context(cfg, codes=codes)
     if stage1 is not None and not (args.resume and (out / "last.pt").exists()):
         ctx.model.load_state_dict(stage1, strict=False)
+    if stage1 is not None and cfg.train.freeze_collab:
+        # The LLM stages learn what stage 1 left over; its parameters stay as selected.
+        for name, p in ctx.model.named_parameters():
+            if name.startswith(COLLAB_PARAMS):
+                p.requires_grad_(False)
     optimizer = make_optimizer(ctx.model, cfg)
     start, best = 0, {"NDCG@10": -1.0, "epoch": -1}
     valid_of_epoch = {}  # validation metrics measured in this process, by epoch (-1: warmup's best)
@@ -339,20 +347,32 @@ def main(argv=None) -> None:
         start, best = state["epoch"] + 1, state["best"]
         if rank == 0:
             print(f"resumed after epoch {state['epoch']}; best so far {best}")
+    if start == 0 and stage1 is not None:
+        # v2: the view heads start at zero, so this is stage 1's model: the bar to beat.
+        valid, _ = evaluate(ctx, "valid")
+        best = {"NDCG@10": valid["NDCG@10"], "epoch": -2}  # -2: stage 1
+        valid_of_epoch[-2] = valid
+        if rank == 0:
+            save_checkpoint(out / "best.pt", ctx, None, -2, best)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps({"stage1_valid": valid}) + "\n")
+            print(json.dumps({"stage1_valid": valid}))
     if start == 0 and cfg.train.warmup_epochs > 0:
         # Every rank runs the same deterministic warmup, so replicas stay identical.
-        rows = warmup_heads(ctx, cfg.train.warmup_epochs)
+        rows = warmup_heads(ctx, cfg.train.warmup_epochs, floor=best["NDCG@10"])
         if rank == 0:
             with open(out / "log.jsonl", "a") as f:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
         top = max(rows, key=lambda row: row["valid_NDCG@10"])
-        best = {"NDCG@10": top["valid_NDCG@10"], "epoch": -1}  # -1: warmup
-        valid_of_epoch[-1] = {
-            k[len("valid_") :]: v for k, v in top.items() if k.startswith("valid_")
-        }
-        if rank == 0:  # the heads-only model: a candidate for best.pt, and an ablation
+        if top["valid_NDCG@10"] > best["NDCG@10"]:
+            best = {"NDCG@10": top["valid_NDCG@10"], "epoch": -1}  # -1: warmup
+            valid_of_epoch[-1] = {
+                k[len("valid_") :]: v for k, v in top.items() if k.startswith("valid_")
+            }
+            if rank == 0:
+                save_checkpoint(out / "best.pt", ctx, None, -1, best)
+        if rank == 0:  # the heads-only model (or stage 1, if no warmup epoch beat it)
             save_checkpoint(out / "warmup.pt", ctx, None, -1, best)
-            save_checkpoint(out / "best.pt", ctx, None, -1, best)
     net = DDP(ctx.model, broadcast_buffers=False) if distributed else ctx.model
 
     stale = 0

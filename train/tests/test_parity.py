@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from l2rec_train import paths
+from l2rec_train import export, paths
 from l2rec_train import train as trainer
 from l2rec_train.context import load_for_inference
 
@@ -62,7 +62,15 @@ CONFIG_V2 = {
         "behavioral": {"experts": 2, "k": 1, "render": "codes"},
         "semantic": {"experts": 2, "k": 2},
     },
-    "train": {**CONFIG["train"], "collab_max_epochs": 3, "collab_patience": 3},
+    # A warmup at a large learning rate so that the views' projections, which v2 starts at
+    # zero, move far enough from it for the views to matter in u.
+    "train": {
+        **CONFIG["train"],
+        "collab_max_epochs": 3,
+        "collab_patience": 3,
+        "warmup_epochs": 2,
+        "lr_warmup": 0.02,
+    },
 }
 
 
@@ -109,7 +117,10 @@ def test_trainer_and_runtime_agree(tmp_path, config):
     cfg_path.write_text(json.dumps(config))
     run = tmp_path / "run"
     trainer.main(["--config", str(cfg_path), "--out", str(run), "--no-test"])
-    expected = _trainer_side(run / "best.pt")
+    # The last epoch's model, not the selected one: selection may keep v2's stage 1, whose
+    # u = c never reads the views; the last epoch's always does.
+    export.main(["--checkpoint", str(run / "last.pt"), "--out", str(run / "bundle")])
+    expected = _trainer_side(run / "last.pt")
 
     per_user = tmp_path / "per-user.jsonl"
     cmd = [
