@@ -233,7 +233,8 @@ def warmup_heads(
     users = np.array(list(ctx.users))
     valid_states = {v: x[torch.from_numpy(ctx.valid_index)] for v, x in last.items()}
     exclude = [split.seen_items(int(u), "valid") for u in users]
-    best, best_state, rows = floor, None, []
+    best, rows = floor, []
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}  # the floor's weights
     generator = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(epochs):
         model.train()
@@ -267,8 +268,7 @@ def warmup_heads(
                 valid["NDCG@10"],
                 {k: v.clone() for k, v in model.state_dict().items()},
             )
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    model.load_state_dict(best_state)
     return rows
 
 

@@ -175,3 +175,17 @@ def test_staged_training_end_to_end(tmp_path, catalog_split):
     assert stage1["codes"] == item_codes
     assert any(r.get("best") for r in stage1["rows"])
     assert json.loads((out / "metrics.json").read_text())["test"]["NDCG@10"] >= 0.0
+
+
+def test_warmup_that_beats_no_floor_keeps_the_starting_weights(catalog_split):
+    if not paths.backbone_path().exists():
+        pytest.skip("backbone missing: run scripts/fetch-assets")
+    from l2rec_train.context import build_context
+    from l2rec_train.train import warmup_heads
+
+    ctx = build_context(Config.load(CONFIGS / "tiny.json"))
+    before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    rows = warmup_heads(ctx, epochs=2, floor=2.0)  # NDCG@10 never exceeds 1
+    assert len(rows) == 2
+    after = ctx.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
