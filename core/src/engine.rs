@@ -616,7 +616,10 @@ impl Engine {
     ) -> Result<Preference, EngineError> {
         let recent = model.recent(history);
         let ids: Vec<&str> = recent.iter().map(|&r| model.items().id(r)).collect();
-        let scales = model.scales(phi, history)?;
+        // The gate reads the history's collaborative state (v2): computed
+        // once here, for the cache key's mixture and for a cache hit.
+        let collab = model.collab(history)?;
+        let scales = model.scales_for(phi, collab.as_deref())?;
         let keys = PerView::from_fn(|v| ViewStateKey {
             view: v.name().to_owned(),
             history_hash: history_key(v, &scales[v], &ids),
@@ -624,7 +627,7 @@ impl Engine {
         });
         let cached = PerView::try_from_fn(|v| self.store.view_state(user, &keys[v]))?;
         if let (Some(h_b), Some(h_s)) = (cached.behavioral, cached.semantic) {
-            return Ok(model.preference_from_states(phi, history, PerView::new(h_b, h_s))?);
+            return Ok(model.preference_from_states(phi, collab, PerView::new(h_b, h_s))?);
         }
         let pref = model.preference(phi, history)?;
         for view in View::BOTH {

@@ -108,12 +108,12 @@ impl Template {
 /// (the next character is not a space, `,` or `;`), trailing spaces, `;` and
 /// `,` removed. The trainer's `data.cap_text` is the same rule.
 pub fn cap_text(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
-    let Some((cut_at, next)) = text.char_indices().nth(max_chars) else {
-        return text.into(); // no more than max_chars characters
-    };
     if max_chars == 0 {
         return text.into();
     }
+    let Some((cut_at, next)) = text.char_indices().nth(max_chars) else {
+        return text.into(); // no more than max_chars characters
+    };
     let mut cut = &text[..cut_at];
     if !matches!(next, ' ' | ',' | ';') {
         if let Some(space) = cut.rfind(' ') {

@@ -187,28 +187,12 @@ def main(argv=None) -> None:
         run["command"] = shlex.join([sys.executable, "-m", "l2rec_train.collab", *sys.argv[1:]])
         (args.out / f"collab-seed{seed}.json").write_text(json.dumps(run) + "\n")
         runs.append(run)
-        print(
-            json.dumps(
-                {k: v for k, v in run.items() if k not in ("test_ranks", "valid_ndcg10_by_epoch")}
-            )
-        )
+        print(json.dumps(metrics.brief(run)))
+    fields = ("seed", "valid", "test", "best_epoch", "epochs_run", "train_seconds")
     summary = {
         "config": cfg.to_dict(),
         "seeds": args.seeds,
-        "test": {
-            k: {
-                "mean": float(np.mean([r["test"][k] for r in runs])),
-                "se_seeds": metrics.standard_error([r["test"][k] for r in runs]),
-            }
-            for k in runs[0]["test"]
-        },
-        "runs": [
-            {
-                k: r[k]
-                for k in ("seed", "valid", "test", "best_epoch", "epochs_run", "train_seconds")
-            }
-            for r in runs
-        ],
+        **metrics.summarize_seeds(runs, fields),
     }
     (args.out / "collab.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["test"]))

@@ -63,3 +63,18 @@ def ndcg10_per_user(ranks) -> np.ndarray:
     """Each target's NDCG@10 from its rank (0 = first)."""
     r = np.asarray(ranks, dtype=np.float64)
     return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
+
+
+def summarize_seeds(runs: list[dict], fields: tuple[str, ...]) -> dict:
+    """Seeded runs (each with `test` metrics) as `test`: the mean and standard error over
+    seeds of every metric, and `runs`: each run's `fields`."""
+    test = {}
+    for k in runs[0]["test"]:
+        v = np.array([r["test"][k] for r in runs])
+        test[k] = {"mean": float(v.mean()), "se_seeds": standard_error(v)}
+    return {"test": test, "runs": [{f: r[f] for f in fields} for r in runs]}
+
+
+def brief(run: dict) -> dict:
+    """A run without its per-user ranks and per-epoch curve (what a console line shows)."""
+    return {k: v for k, v in run.items() if k not in ("test_ranks", "valid_ndcg10_by_epoch")}

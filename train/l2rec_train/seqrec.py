@@ -172,15 +172,6 @@ def train_one(model_name: str, split: data.Split, n_items: int, seed: int, args)
     }
 
 
-def summarize(runs: list[dict]) -> dict:
-    """Mean and standard error over seeds of every test metric."""
-    out = {}
-    for k in runs[0]["test"]:
-        v = np.array([r["test"][k] for r in runs])
-        out[k] = {"mean": float(v.mean()), "se_seeds": metrics.standard_error(v)}
-    return out
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -215,31 +206,9 @@ def main(argv=None) -> None:
         }
         (args.out / f"{args.name or args.model}-seed{seed}.json").write_text(json.dumps(run) + "\n")
         runs.append(run)
-        print(
-            json.dumps(
-                {k: v for k, v in run.items() if k not in ("test_ranks", "valid_ndcg10_by_epoch")}
-            )
-        )
-    summary = {
-        "model": args.model,
-        "seeds": args.seeds,
-        "test": summarize(runs),
-        "runs": [
-            {
-                k: r[k]
-                for k in (
-                    "seed",
-                    "valid",
-                    "test",
-                    "best_epoch",
-                    "epochs_run",
-                    "stopped_by",
-                    "train_seconds",
-                )
-            }
-            for r in runs
-        ],
-    }
+        print(json.dumps(metrics.brief(run)))
+    fields = ("seed", "valid", "test", "best_epoch", "epochs_run", "stopped_by", "train_seconds")
+    summary = {"model": args.model, "seeds": args.seeds, **metrics.summarize_seeds(runs, fields)}
     (args.out / f"{args.name or args.model}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["test"]))
 

@@ -328,9 +328,17 @@ impl L2Rec {
     /// The expert scales of both views for `phi` and a history (version 2
     /// gates read the history's collaborative state).
     pub fn scales(&self, phi: &[f32], history: &[u32]) -> Result<PerView<Vec<f32>>, ModelError> {
+        self.scales_for(phi, self.collab(history)?.as_deref())
+    }
+
+    /// The expert scales for `phi` and a collaborative state already at hand.
+    pub fn scales_for(
+        &self,
+        phi: &[f32],
+        collab: Option<&[f32]>,
+    ) -> Result<PerView<Vec<f32>>, ModelError> {
         self.check_phi(phi)?;
-        let c = self.collab(history)?;
-        Ok(self.heads().all_scales(phi, c.as_deref()))
+        Ok(self.heads().all_scales(phi, collab))
     }
 
     /// The user's preference `u` (MODEL.md steps 0-6) for a history of catalog
@@ -370,15 +378,15 @@ impl L2Rec {
     }
 
     /// The preference from view states computed earlier for the same history
-    /// and mixture (a cache hit): the encoder and the heads alone.
+    /// and mixture (a cache hit), with that history's [`L2Rec::collab`]
+    /// state: the heads alone.
     pub fn preference_from_states(
         &self,
         phi: &[f32],
-        history: &[u32],
+        collab: Option<Vec<f32>>,
         states: PerView<Vec<f32>>,
     ) -> Result<Preference, ModelError> {
         self.check_phi(phi)?;
-        let collab = self.collab(history)?;
         let heads = self.heads();
         let out = heads.user(&states.behavioral, &states.semantic, collab.as_deref());
         Ok(Preference {
