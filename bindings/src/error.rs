@@ -83,7 +83,9 @@ impl From<EngineError> for L2recError {
                 | StoreError::WrongKey { .. }
                 | StoreError::NotEncrypted { .. }
                 | StoreError::KeyringMissing { .. } => Self::StoreKey(message),
-                StoreError::Corrupt { .. } => Self::StoreCorrupt(message),
+                StoreError::Corrupt { .. } | StoreError::UserDamaged { .. } => {
+                    Self::StoreCorrupt(message)
+                }
                 StoreError::Io { .. }
                 | StoreError::Db { .. }
                 | StoreError::SchemaTooNew { .. }

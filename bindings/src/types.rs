@@ -301,6 +301,11 @@ pub struct Stats {
     pub store_bytes_on_disk: u64,
     pub store_live_bytes: u64,
     pub scorer: String,
+    /// Users whose stored records are damaged: their calls fail with
+    /// `StoreCorrupt` naming them; `forgetUser` drops their records.
+    pub damaged_users: Vec<String>,
+    /// Catalog items whose record is damaged: upsert them again.
+    pub damaged_items: Vec<String>,
 }
 
 impl From<core::Stats> for Stats {
@@ -313,6 +318,8 @@ impl From<core::Stats> for Stats {
             store_bytes_on_disk: s.store_bytes_on_disk,
             store_live_bytes: s.store_live_bytes,
             scorer: s.scorer,
+            damaged_users: s.damaged_users,
+            damaged_items: s.damaged_items,
         }
     }
 }

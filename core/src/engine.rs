@@ -239,6 +239,11 @@ pub struct Stats {
     pub store_bytes_on_disk: u64,
     pub store_live_bytes: u64,
     pub scorer: String,
+    /// Users whose records are damaged (their reads fail; `forget_user`
+    /// drops them), as ids, or `tag:<hex>` where the id itself is damaged.
+    pub damaged_users: Vec<String>,
+    /// Catalog items whose record is damaged (absent until upserted again).
+    pub damaged_items: Vec<String>,
 }
 
 /// The engine. All methods take `&self`; backbone work is serialized by one lock.
@@ -642,7 +647,14 @@ impl Engine {
         let items = model.items();
         let mut counts: HashMap<u32, u32> = HashMap::new();
         for user in self.store.users()? {
-            for e in self.store.events(&user)? {
+            let events = match self.store.events(&user) {
+                Ok(events) => events,
+                // One user's damage must not take everyone's list down: the
+                // user is in the store's integrity report.
+                Err(StoreError::UserDamaged { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for e in events {
                 if let Some(r) = items.row(&e.item_id) {
                     *counts.entry(r).or_default() += 1;
                 }
@@ -740,6 +752,7 @@ impl Engine {
     pub fn stats(&self) -> Result<Stats, EngineError> {
         let model = self.model();
         let items = model.items();
+        let integrity = self.store.integrity();
         Ok(Stats {
             users: self.store.users()?.len(),
             catalog_items: items.len(),
@@ -752,6 +765,12 @@ impl Engine {
                 model.scorer().backend(),
                 model.scorer().adapter_name()
             ),
+            damaged_users: integrity
+                .damaged_users
+                .into_iter()
+                .map(|u| u.user.unwrap_or_else(|| format!("tag:{}", u.tag)))
+                .collect(),
+            damaged_items: integrity.damaged_items,
         })
     }
 

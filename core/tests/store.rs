@@ -409,47 +409,151 @@ fn with_raw_tree(dir: &Path, tree: &str, edit: impl FnOnce(&sled::Tree)) {
     db.flush().unwrap();
 }
 
-#[test]
-fn tampered_or_swapped_ciphertext_is_corrupt_not_a_panic() {
-    let _one_store_at_a_time = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
-    fill_user(&store, "alice", 0.25);
-    fill_user(&store, "bob", 0.75);
-    drop(store);
+/// The users among `users` whose events fail with `UserDamaged` naming them.
+fn users_with_damaged_events(store: &Store, users: &[&str]) -> Vec<String> {
+    let mut damaged = Vec::new();
+    for user in users {
+        match store.events(user) {
+            Ok(_) => {}
+            Err(StoreError::UserDamaged { user: named, .. }) => {
+                assert_eq!(named, *user, "the error names the user");
+                damaged.push(named);
+            }
+            Err(other) => panic!("expected UserDamaged, got {other}"),
+        }
+    }
+    damaged
+}
 
-    // Flip one ciphertext bit of one event.
-    with_raw_tree(dir.path(), "events", |events| {
-        let (key, value) = events.iter().next().unwrap().unwrap();
+/// Flips one bit of the last byte of the first value of `tree`.
+fn flip_first_value(dir: &Path, tree: &str) {
+    with_raw_tree(dir, tree, |records| {
+        let (key, value) = records.iter().next().unwrap().unwrap();
         let mut bytes = value.to_vec();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
-        events.insert(key, bytes).unwrap();
+        records.insert(key, bytes).unwrap();
     });
-    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
-    let results = [store.events("alice").err(), store.events("bob").err()];
-    let err = results
-        .into_iter()
-        .flatten()
-        .next()
-        .expect("one user's events fail");
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    drop(store);
+}
 
-    // Move one user's record into the other's slot (same master key).
-    with_raw_tree(dir.path(), "user_records", |records| {
-        let all: Vec<_> = records.iter().map(|r| r.unwrap()).collect();
-        assert_eq!(all.len(), 2);
-        records.insert(all[1].0.clone(), all[0].1.clone()).unwrap();
-    });
+/// Tampering and swapped records, in both modes: open reports the damaged
+/// user by name, only that user's reads fail (naming them), the others are
+/// served, forget clears it, and nothing panics.
+#[test]
+fn damaged_or_swapped_records_fail_for_their_user_alone() {
+    let _one_store_at_a_time = serial();
+    for key in [Some(KEY), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(config(dir.path(), key)).unwrap();
+        fill_user(&store, "alice", 0.25);
+        fill_user(&store, "bob", 0.75);
+        fill_user(&store, "carol", 1.25);
+        drop(store);
+
+        flip_first_value(dir.path(), "events");
+        let store = Store::open(config(dir.path(), key)).unwrap();
+        let report = store.integrity();
+        assert_eq!(report.damaged_users.len(), 1, "{key:?}: {report:?}");
+        assert_eq!(report.damaged_users[0].damaged_records, 1);
+        let named = report.damaged_users[0].user.clone().unwrap();
+        assert!(report.summary().contains(&named), "{}", report.summary());
+        let damaged = users_with_damaged_events(&store, &["alice", "bob", "carol"]);
+        assert_eq!(damaged, vec![named.clone()]);
+        let err = store.events(&named).unwrap_err().to_string();
+        assert!(err.contains("forget_user") && err.contains(&named), "{err}");
+        assert_eq!(store.users().unwrap().len(), 3, "listing still works");
+        store.forget_user(&named).unwrap();
+        assert!(store.integrity().is_clean());
+        assert!(users_with_damaged_events(&store, &["alice", "bob", "carol"]).is_empty());
+        drop(store);
+
+        // One user's record copied over another's: refused, not served as theirs.
+        with_raw_tree(dir.path(), "user_records", |records| {
+            let all: Vec<_> = records.iter().map(|r| r.unwrap()).collect();
+            assert_eq!(all.len(), 2);
+            records.insert(all[1].0.clone(), all[0].1.clone()).unwrap();
+        });
+        let store = Store::open(config(dir.path(), key)).unwrap();
+        assert_eq!(store.integrity().damaged_users.len(), 1, "{key:?}");
+        let remaining: Vec<String> = store.users().unwrap();
+        let errors: Vec<String> = remaining
+            .iter()
+            .filter_map(|u| store.user(u).err())
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errors.len(), 1, "{key:?}: {errors:?}");
+        drop(store);
+
+        // Events moved between users' key ranges: refused as well.
+        with_raw_tree(dir.path(), "events", |events| {
+            let all: Vec<_> = events.iter().map(|r| r.unwrap()).collect();
+            let (first, last) = (&all[0], &all[all.len() - 1]);
+            assert_ne!(first.0[..32], last.0[..32], "two users' events");
+            events.insert(first.0.clone(), last.1.clone()).unwrap();
+        });
+        let store = Store::open(config(dir.path(), key)).unwrap();
+        let users: Vec<String> = store.users().unwrap();
+        let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+        assert_eq!(users_with_damaged_events(&store, &refs).len(), 1, "{key:?}");
+    }
+}
+
+/// Cached states that fail to verify are dropped at open and recomputed;
+/// a damaged item reads as absent until it is upserted again.
+#[test]
+fn damaged_caches_are_dropped_and_damaged_items_reported() {
+    let _one_store_at_a_time = serial();
+    let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
-    let results = [store.user("alice").err(), store.user("bob").err()];
-    let err = results
-        .into_iter()
-        .flatten()
-        .next()
-        .expect("the swapped record fails");
+    let item = |id: &str, row| StoredItem {
+        id: id.into(),
+        text: format!("{id} (1999)"),
+        row,
+    };
+    store.upsert_items(&[item("m1", 0), item("m2", 1)]).unwrap();
+    store.put_text_state("m1", "sha", &[1.0, 2.0]).unwrap();
+    fill_user(&store, "alice", 0.25);
+    drop(store);
+    flip_first_value(dir.path(), "items");
+    flip_first_value(dir.path(), "text_states");
+    flip_first_value(dir.path(), "view_states");
+
+    let store = Store::open(config(dir.path(), Some(KEY))).unwrap();
+    let report = store.integrity();
+    assert_eq!(report.damaged_items, vec!["m1".to_owned()]);
+    assert_eq!(report.cached_states_dropped, 2);
+    assert!(
+        report.damaged_users.is_empty(),
+        "a cache is not the user's data"
+    );
+    assert!(store.item("m1").unwrap().is_none());
+    assert_eq!(store.items().unwrap().len(), 1);
+    assert!(store.text_state("m1", "sha").unwrap().is_none());
+    assert!(store
+        .view_state("alice", &view_key("h1"))
+        .unwrap()
+        .is_none());
+    assert_eq!(store.events("alice").unwrap().len(), 20);
+    store.upsert_items(&[item("m1", 0)]).unwrap();
+    assert!(store.integrity().is_clean());
+    assert_eq!(store.items().unwrap().len(), 2);
+}
+
+/// A store whose database disappeared is not silently replaced by an empty one.
+#[test]
+fn a_lost_database_is_refused_not_recreated() {
+    let _one_store_at_a_time = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    fill_user(&store, "alice", 0.25);
+    drop(store);
+    fs::remove_dir_all(dir.path().join(DATABASE_DIR)).unwrap();
+    let err = Store::open(config(dir.path(), None)).err().unwrap();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("missing or empty"), "{err}");
+    // A directory never used as a store opens as a new one.
+    let fresh = tempfile::tempdir().unwrap();
+    Store::open(config(fresh.path(), None)).unwrap();
 }
 
 #[test]
@@ -489,6 +593,67 @@ fn a_newer_schema_is_refused_and_an_older_one_migrated() {
         assert_eq!(version.as_ref(), SCHEMA_VERSION.to_be_bytes());
         assert_eq!(meta.get("mode").unwrap().unwrap().as_ref(), b"plaintext");
     });
+}
+
+/// Rewrites the closed plaintext store at `dir` as schema 1 wrote it: per-user
+/// values framed `0 || postcard`, catalog values bare postcard, no checksum key.
+fn downgrade_to_schema_1(dir: &Path) {
+    let db = raw_db(dir);
+    for tree in ["users", "user_records", "events", "view_states", "items"] {
+        let tree_handle = db.open_tree(tree).unwrap();
+        for entry in tree_handle.iter() {
+            let (key, value) = entry.unwrap();
+            assert_eq!(value[0], 2, "schema 2 frames checked values");
+            let body = &value[1..value.len() - 16];
+            let old = if tree == "items" {
+                body.to_vec()
+            } else {
+                [&[0u8][..], body].concat()
+            };
+            tree_handle.insert(key, old).unwrap();
+        }
+    }
+    let meta = db.open_tree("meta").unwrap();
+    meta.remove("check_key").unwrap();
+    meta.insert("schema_version", &1u32.to_be_bytes()).unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn a_schema_1_plaintext_store_gains_checksums() {
+    let _one_store_at_a_time = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    let phi_events = fill_user(&store, "alice", 0.25);
+    store
+        .upsert_items(&[StoredItem {
+            id: "m1".into(),
+            text: "Heat (1995)".into(),
+            row: 0,
+        }])
+        .unwrap();
+    drop(store);
+    downgrade_to_schema_1(dir.path());
+
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    assert!(store.integrity().is_clean(), "{:?}", store.integrity());
+    let events: Vec<String> = store
+        .events("alice")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.item_id)
+        .collect();
+    assert_eq!(events, phi_events);
+    assert_eq!(
+        store.user("alice").unwrap().unwrap().phi,
+        distinctive_phi(0.25)
+    );
+    assert_eq!(store.item("m1").unwrap().unwrap().text, "Heat (1995)");
+    drop(store);
+    // Migrated values now verify: a flipped byte is caught.
+    flip_first_value(dir.path(), "events");
+    let store = Store::open(config(dir.path(), None)).unwrap();
+    assert_eq!(store.integrity().damaged_users.len(), 1);
 }
 
 #[test]

@@ -93,6 +93,19 @@ pub enum StoreError {
     )]
     Corrupt { path: PathBuf, what: String },
 
+    /// One user's records failed their checksum or authentication, or do not
+    /// decode: only this user's reads fail.
+    #[error(
+        "store at {path}: the records of user `{user}` are damaged: {what}; nothing was \
+         deleted and other users are unaffected: forget this user (forget_user) to drop their \
+         records and start them afresh, or restore the store from a backup"
+    )]
+    UserDamaged {
+        path: PathBuf,
+        user: String,
+        what: String,
+    },
+
     /// The store was left closed by a compaction that could not reopen it.
     #[error(
         "store at {path} is closed because an earlier compaction failed to reopen it; open a \

@@ -1,8 +1,10 @@
 //! The catalog: items and their cached text states. Not personal data, so
-//! stored in plaintext in every mode.
+//! stored in plaintext in every mode, each record with its checksum. A
+//! damaged item reads as absent (and is reported) until upserted again; a
+//! damaged text state reads as a cache miss.
 
 use super::layout::{text_state_key, ITEMS, TEXT_STATES};
-use super::{decode_plain, Store, StoreError, StoredItem};
+use super::{Store, StoreError, StoredItem};
 
 impl Store {
     /// Inserts or replaces catalog items (keyed by id).
@@ -13,13 +15,14 @@ impl Store {
             if item.id.is_empty() {
                 return Err(self.invalid("an item id is empty"));
             }
-            let value = postcard::to_stdvec(item).expect("items encode with postcard");
+            let value = self.encode_catalog(ITEMS, item.id.as_bytes(), item);
             batch.insert(item.id.as_bytes(), value);
         }
         trees
             .items
             .apply_batch(batch)
             .map_err(|e| StoreError::db(&self.root, "writing items", e))?;
+        self.clear_damaged_items(items.iter().map(|i| i.id.as_str()));
         self.flush_if_immediate(&trees)
     }
 
@@ -29,18 +32,17 @@ impl Store {
             .items
             .get(id.as_bytes())
             .map_err(|e| StoreError::db(&self.root, "reading an item", e))?;
-        value
-            .map(|v| decode_plain(&self.root, ITEMS, &v))
-            .transpose()
+        Ok(value.and_then(|v| self.checked_item(id.as_bytes(), &v)))
     }
 
-    /// Every catalog item, ordered by row (then id, should rows repeat).
+    /// Every catalog item that verifies, ordered by row (then id, should rows
+    /// repeat); damaged ones are in [`Store::integrity`].
     pub fn items(&self) -> Result<Vec<StoredItem>, StoreError> {
         let trees = self.trees()?;
         let mut items = Vec::with_capacity(trees.items.len());
         for entry in trees.items.iter() {
-            let (_, value) = entry.map_err(|e| StoreError::db(&self.root, "reading items", e))?;
-            items.push(decode_plain::<StoredItem>(&self.root, ITEMS, &value)?);
+            let (id, value) = entry.map_err(|e| StoreError::db(&self.root, "reading items", e))?;
+            items.extend(self.checked_item(&id, &value));
         }
         items.sort_by(|a, b| a.row.cmp(&b.row).then_with(|| a.id.cmp(&b.id)));
         Ok(items)
@@ -56,10 +58,11 @@ impl Store {
         state: &[f32],
     ) -> Result<(), StoreError> {
         let trees = self.trees()?;
-        let value = postcard::to_stdvec(state).expect("f32 slices encode with postcard");
+        let key = text_state_key(backbone_sha256, item_id);
+        let value = self.encode_catalog(TEXT_STATES, &key, &state);
         trees
             .text_states
-            .insert(text_state_key(backbone_sha256, item_id), value)
+            .insert(key, value)
             .map_err(|e| StoreError::db(&self.root, "writing a text state", e))?;
         Ok(())
     }
@@ -70,13 +73,36 @@ impl Store {
         backbone_sha256: &str,
     ) -> Result<Option<Vec<f32>>, StoreError> {
         let trees = self.trees()?;
-        let value = trees
+        let key = text_state_key(backbone_sha256, item_id);
+        let Some(value) = trees
             .text_states
-            .get(text_state_key(backbone_sha256, item_id))
-            .map_err(|e| StoreError::db(&self.root, "reading a text state", e))?;
-        value
-            .map(|v| decode_plain(&self.root, TEXT_STATES, &v))
-            .transpose()
+            .get(&key)
+            .map_err(|e| StoreError::db(&self.root, "reading a text state", e))?
+        else {
+            return Ok(None);
+        };
+        match self.decode_catalog(TEXT_STATES, &key, &value) {
+            Ok(state) => Ok(Some(state)),
+            Err(why) => {
+                // A cache: recomputed by the caller and written over.
+                tracing::warn!(path = %self.root.display(), item = item_id, "a cached text state {why}; recomputing it");
+                self.note_cached_state_dropped();
+                Ok(None)
+            }
+        }
+    }
+
+    /// The item in a value, `None` (noted as damage) when it does not verify.
+    fn checked_item(&self, id: &[u8], value: &[u8]) -> Option<StoredItem> {
+        match self.decode_catalog::<StoredItem>(ITEMS, id, value) {
+            Ok(item) => Some(item),
+            Err(why) => {
+                let id = String::from_utf8_lossy(id);
+                tracing::warn!(path = %self.root.display(), item = %id, "a catalog item {why}; upsert it again");
+                self.note_damaged_item(&id);
+                None
+            }
+        }
     }
 
     pub(crate) fn invalid(&self, what: &str) -> StoreError {

@@ -80,7 +80,13 @@ impl Keyring {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::io(root, "reading the keyring file", e)),
         };
-        let file: KeyringFile = serde_json::from_slice(&bytes)
+        Self::parse(root, &bytes).map(Some)
+    }
+
+    /// Parses the keyring file's bytes (of the store at `root`).
+    pub(crate) fn parse(root: &Path, bytes: &[u8]) -> Result<Self, StoreError> {
+        let path = Self::path(root);
+        let file: KeyringFile = serde_json::from_slice(bytes)
             .map_err(|e| StoreError::corrupt(root, format!("keyring file {path:?}: {e}")))?;
         if file.format != FORMAT || file.version != VERSION {
             return Err(StoreError::corrupt(
@@ -97,11 +103,11 @@ impl Keyring {
                 .ok_or_else(|| StoreError::corrupt(root, format!("keyring entry {tag_hex:?}")))?;
             entries.insert(parsed.0, parsed.1);
         }
-        Ok(Some(Keyring {
+        Ok(Keyring {
             root: root.to_path_buf(),
             entries,
             unwrapped: HashMap::new(),
-        }))
+        })
     }
 
     pub(crate) fn is_empty(&self) -> bool {

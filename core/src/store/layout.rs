@@ -6,16 +6,21 @@
 //!
 //! | tree           | key                                   | value                            |
 //! | -------------- | ------------------------------------- | -------------------------------- |
-//! | `meta`         | `schema_version`, `mode`, `key_check` | u32 BE / text / sealed check     |
-//! | `items`        | item id                               | plain `StoredItem`               |
-//! | `text_states`  | postcard `(backbone_sha256, item_id)` | plain `Vec<f32>`                 |
+//! | `meta`         | `schema_version`, `mode`, `key_check`, `check_key` | u32 BE / text / sealed check / 32 bytes |
+//! | `items`        | item id                               | checked `StoredItem`             |
+//! | `text_states`  | postcard `(backbone_sha256, item_id)` | checked `Vec<f32>`               |
 //! | `users`        | tag                                   | framed `UserEntry` (the user id) |
 //! | `user_records` | tag                                   | framed `UserRecord`              |
 //! | `events`       | tag, seq (u64 BE)                     | framed `Event`                   |
 //! | `view_states`  | tag, sha256(postcard `ViewStateKey`)  | framed `ViewStateEntry`          |
 //!
-//! "Framed" values start with one byte: [`PLAIN`] then the postcard bytes, or
-//! [`SEALED`] then the XChaCha20-Poly1305 blob of the postcard bytes.
+//! "Framed" values start with one byte: [`CHECKED`] then the postcard bytes
+//! and their keyed checksum (see `checksum`), or [`SEALED`] then the
+//! XChaCha20-Poly1305 blob of the postcard bytes. Per-user values are sealed
+//! in an encrypted store and checked in a plaintext one; catalog values are
+//! checked in both. Either way a value is bound to its tree and sled key, so
+//! a damaged, moved or swapped record fails to open. ([`PLAIN`], postcard
+//! with nothing to verify it, is what schema 1 wrote; migration rewrites it.)
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -41,13 +46,20 @@ pub(crate) const PER_USER_TREES: [&str; 4] = [USERS, USER_RECORDS, EVENTS, VIEW_
 pub(crate) const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 pub(crate) const META_MODE: &[u8] = b"mode";
 pub(crate) const META_KEY_CHECK: &[u8] = b"key_check";
+pub(crate) const META_CHECK_KEY: &[u8] = b"check_key";
 pub(crate) const MODE_PLAINTEXT: &[u8] = b"plaintext";
 pub(crate) const MODE_ENCRYPTED: &[u8] = b"encrypted";
 
-/// First byte of a framed value in a plaintext store.
+/// First byte of an unverifiable value, as schema 1 framed plaintext records.
 pub(crate) const PLAIN: u8 = 0;
-/// First byte of a framed value in an encrypted store.
+/// First byte of a value sealed under its user's data key.
 pub(crate) const SEALED: u8 = 1;
+/// First byte of a value followed by its keyed checksum.
+pub(crate) const CHECKED: u8 = 2;
+
+/// The file that marks a directory as a store, written once its database is
+/// initialized: a marker without a database means the database was lost.
+pub(crate) const STORE_MARKER: &str = "l2rec-store.json";
 
 /// What the `users` tree holds: the id behind a tag (sealed in encrypted stores).
 #[derive(Serialize, Deserialize)]

@@ -148,7 +148,9 @@ impl Store {
             return Err(StoreError::corrupt(
                 &self.root,
                 format!(
-                    "{damaged} user(s) have records but lack {lost} (the keyring or the database                      was replaced, edited or damaged; nothing was deleted): restore the keyring                      and database that belong together, or delete the store"
+                    "{damaged} user(s) have records but lack {lost} (the keyring or the database \
+                     was replaced, edited or damaged; nothing was deleted): restore the keyring \
+                     and database that belong together, or delete the store"
                 ),
             ));
         }

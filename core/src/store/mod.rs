@@ -47,9 +47,11 @@
 //! text-state cache (4.3 MB live) takes ~11 MB freshly written; 3000 view-state
 //! rewrites on top grow it to 17-23 MB, and `compact` brings it back to 11 MB.
 
+mod checksum;
 mod crypto;
 mod db;
 mod error;
+mod integrity;
 mod items;
 mod keyring;
 mod layout;
@@ -65,12 +67,15 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
+use checksum::{checked_frame, RecordCheck};
 use crypto::{DataKey, MasterKeys};
 use db::{Trees, TreesGuard};
+use integrity::Damage;
 use keyring::Keyring;
-use layout::{UserTag, PLAIN, SEALED};
+use layout::{UserTag, CHECKED, SEALED};
 
 pub use error::StoreError;
+pub use integrity::{DamagedUser, IntegrityReport};
 pub use maintenance::CompactReport;
 pub use schema::SCHEMA_VERSION;
 
@@ -220,6 +225,10 @@ pub struct Store {
     /// `None` only after a compaction that could not reopen the database.
     trees: RwLock<Option<Trees>>,
     protection: Protection,
+    /// Checksums of every record that is not sealed.
+    check: RecordCheck,
+    /// What `open` found damaged, and what reads found since.
+    damage: Mutex<Damage>,
     user_locks: Vec<Mutex<()>>,
 }
 
@@ -228,7 +237,9 @@ impl Store {
     ///
     /// Checks the schema version (migrating older stores, refusing newer ones),
     /// and the master key against the store's key-check record; sweeps what a
-    /// crash left of forgotten users. Waits up to 2 s for the database lock (a
+    /// crash left of forgotten users; then verifies every record (see
+    /// [`Store::integrity`]: damage is reported, not deleted, and only the
+    /// damaged user's reads fail). Waits up to 2 s for the database lock (a
     /// store dropped a moment ago may still hold it) before `Locked`.
     pub fn open(mut config: StoreConfig) -> Result<Store, StoreError> {
         let root = config.path.clone();
@@ -241,16 +252,19 @@ impl Store {
             .map_err(|e| StoreError::io(&root, "creating the store directory", e))?;
         maintenance::recover_interrupted_compaction(&root)?;
         let trees = Trees::open(&root, &root.join(DATABASE_DIR), &config.durability)?;
-        let protection = schema::prepare(&root, &trees, master)?;
+        let (protection, check) = schema::prepare(&root, &trees, master)?;
         let store = Store {
             root,
             durability: config.durability,
             max_events_per_user: config.max_events_per_user,
             trees: RwLock::new(Some(trees)),
             protection,
+            check,
+            damage: Mutex::new(Damage::default()),
             user_locks: (0..USER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         };
         store.sweep_orphans()?;
+        store.check_integrity()?;
         if !store.is_encrypted() {
             tracing::warn!(
                 path = %store.root.display(),
@@ -336,7 +350,8 @@ impl Store {
         }
     }
 
-    /// Encodes a per-user value: a frame byte, then postcard (sealed if encrypted).
+    /// Encodes a per-user value: a frame byte, then postcard, sealed under the
+    /// user's key or followed by its checksum.
     fn frame<T: Serialize>(
         &self,
         key: &UserKey,
@@ -346,7 +361,7 @@ impl Store {
     ) -> Vec<u8> {
         let encoded = postcard::to_stdvec(value).expect("store values encode with postcard");
         match key {
-            UserKey::Plain => [&[PLAIN][..], &encoded].concat(),
+            UserKey::Plain => self.checked(tree, record_key, &encoded),
             UserKey::Sealed(data_key) => {
                 let sealed = data_key.seal(tree, record_key, &encoded);
                 [&[SEALED][..], &sealed].concat()
@@ -354,33 +369,81 @@ impl Store {
         }
     }
 
-    /// Decodes a value made by [`Store::frame`]; tampering gives `Corrupt`.
-    fn unframe<T: DeserializeOwned>(
+    /// `CHECKED`, the bytes, and their checksum bound to (tree, key).
+    fn checked(&self, tree: &str, record_key: &[u8], body: &[u8]) -> Vec<u8> {
+        checked_frame(&self.check, tree, record_key, body)
+    }
+
+    /// Decodes a value made by [`Store::frame`]; `Err` says why it cannot be
+    /// trusted (damaged, moved from another user or slot, wrong mode).
+    fn open_frame<T: DeserializeOwned>(
         &self,
         key: &UserKey,
         tree: &str,
         record_key: &[u8],
         bytes: &[u8],
-    ) -> Result<T, StoreError> {
-        let corrupt = |what: &str| {
-            StoreError::corrupt(&self.root, format!("a record in tree `{tree}` {what}"))
-        };
-        let (&frame, body) = bytes.split_first().ok_or_else(|| corrupt("is empty"))?;
-        let plain = match (key, frame) {
-            (UserKey::Plain, PLAIN) => body.to_vec(),
-            (UserKey::Sealed(data_key), SEALED) => {
-                data_key.open(tree, record_key, body).ok_or_else(|| {
-                    corrupt("fails authentication (tampered, or moved from another user)")
-                })?
-            }
-            _ => {
-                return Err(corrupt(
-                    "has the wrong frame for this store's encryption mode",
-                ))
-            }
-        };
-        postcard::from_bytes(&plain).map_err(|e| corrupt(&format!("does not decode: {e}")))
+    ) -> Result<T, String> {
+        decode_frame(&self.check, key, tree, record_key, bytes)
     }
+
+    /// [`Store::open_frame`] for a record of `user`: damage is noted in the
+    /// integrity report and named in the error, with the remedy.
+    fn unframe<T: DeserializeOwned>(
+        &self,
+        key: &UserKey,
+        user: &str,
+        tree: &str,
+        record_key: &[u8],
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        self.open_frame(key, tree, record_key, bytes)
+            .map_err(|why| {
+                self.note_damaged_user(user, record_key);
+                StoreError::UserDamaged {
+                    path: self.root.clone(),
+                    user: user.to_owned(),
+                    what: format!("a record in tree `{tree}` {why}"),
+                }
+            })
+    }
+
+    /// Encodes a catalog value (checked, never sealed: not personal data).
+    fn encode_catalog<T: Serialize>(&self, tree: &str, record_key: &[u8], value: &T) -> Vec<u8> {
+        let encoded = postcard::to_stdvec(value).expect("store values encode with postcard");
+        self.checked(tree, record_key, &encoded)
+    }
+
+    /// Decodes a value made by [`Store::encode_catalog`]; `Err` says why not.
+    fn decode_catalog<T: DeserializeOwned>(
+        &self,
+        tree: &str,
+        record_key: &[u8],
+        bytes: &[u8],
+    ) -> Result<T, String> {
+        self.open_frame(&UserKey::Plain, tree, record_key, bytes)
+    }
+}
+
+/// The one decoder of framed values (see `layout`).
+fn decode_frame<T: DeserializeOwned>(
+    check: &RecordCheck,
+    key: &UserKey,
+    tree: &str,
+    record_key: &[u8],
+    bytes: &[u8],
+) -> Result<T, String> {
+    let (&frame, body) = bytes.split_first().ok_or("is empty")?;
+    let plain = match (key, frame) {
+        (UserKey::Plain, CHECKED) => check
+            .verify(tree, record_key, body)
+            .ok_or("fails its checksum (damaged, or moved from another user or slot)")?
+            .to_vec(),
+        (UserKey::Sealed(data_key), SEALED) => data_key
+            .open(tree, record_key, body)
+            .ok_or("fails authentication (tampered, or moved from another user)")?,
+        _ => return Err("has the wrong frame for this store's encryption mode".into()),
+    };
+    postcard::from_bytes(&plain).map_err(|e| format!("does not decode: {e}"))
 }
 
 fn validate(config: &StoreConfig) -> Result<(), StoreError> {
@@ -397,18 +460,77 @@ fn validate(config: &StoreConfig) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Decodes a plaintext (catalog) value.
-fn decode_plain<T: DeserializeOwned>(
-    root: &Path,
-    tree: &str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| {
-        StoreError::corrupt(
-            root,
-            format!("a record in tree `{tree}` does not decode: {e}"),
-        )
-    })
+/// Entry points for `cargo fuzz` (`fuzz/`, see its README): the store's
+/// decoders on arbitrary bytes. Compiled only under the fuzzer's `cfg`.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use std::sync::{Arc, OnceLock};
+
+    use super::checksum::RecordCheck;
+    use super::crypto::DataKey;
+    use super::layout::{
+        UserEntry, ViewStateEntry, EVENTS, ITEMS, TEXT_STATES, USERS, USER_RECORDS, VIEW_STATES,
+    };
+    use super::{checked_frame, decode_frame, Event, StoredItem, UserKey, UserRecord};
+
+    fn keys() -> &'static (RecordCheck, Arc<DataKey>) {
+        static KEYS: OnceLock<(RecordCheck, Arc<DataKey>)> = OnceLock::new();
+        KEYS.get_or_init(|| (RecordCheck::generate(), Arc::new(DataKey::generate())))
+    }
+
+    /// One record value through the store's decoder. Input: a selector byte
+    /// (tree, plain or sealed, raw or re-framed), a key length byte, the sled
+    /// key, the value. "Re-framed" wraps the value in a valid frame first, so
+    /// the fuzzer reaches the postcard decoding behind the checksum.
+    pub fn decode_record(data: &[u8]) {
+        let [selector, key_len, rest @ ..] = data else {
+            return;
+        };
+        let key_len = usize::from(*key_len).min(rest.len());
+        let (record_key, value) = rest.split_at(key_len);
+        let (check, data_key) = keys();
+        let sealed = selector & 0x10 != 0;
+        let key = if sealed {
+            UserKey::Sealed(Arc::clone(data_key))
+        } else {
+            UserKey::Plain
+        };
+        let trees = [USERS, USER_RECORDS, EVENTS, VIEW_STATES, ITEMS, TEXT_STATES];
+        let tree = trees[usize::from(selector & 0x0f) % trees.len()];
+        let framed;
+        let value = if selector & 0x20 != 0 {
+            framed = if sealed {
+                [
+                    &[super::SEALED][..],
+                    &data_key.seal(tree, record_key, value),
+                ]
+                .concat()
+            } else {
+                checked_frame(check, tree, record_key, value)
+            };
+            &framed[..]
+        } else {
+            value
+        };
+        let decode = |bytes: &[u8]| match tree {
+            USERS => decode_frame::<UserEntry>(check, &key, tree, record_key, bytes).map(drop),
+            USER_RECORDS => {
+                decode_frame::<UserRecord>(check, &key, tree, record_key, bytes).map(drop)
+            }
+            EVENTS => decode_frame::<Event>(check, &key, tree, record_key, bytes).map(drop),
+            VIEW_STATES => {
+                decode_frame::<ViewStateEntry>(check, &key, tree, record_key, bytes).map(drop)
+            }
+            ITEMS => decode_frame::<StoredItem>(check, &key, tree, record_key, bytes).map(drop),
+            _ => decode_frame::<Vec<f32>>(check, &key, tree, record_key, bytes).map(drop),
+        };
+        let _ = decode(value);
+    }
+
+    /// The keyring file's parser on arbitrary bytes.
+    pub fn parse_keyring(data: &[u8]) {
+        let _ = super::keyring::Keyring::parse(std::path::Path::new("/fuzz"), data);
+    }
 }
 
 #[cfg(test)]

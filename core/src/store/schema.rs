@@ -4,6 +4,10 @@
 //! - 0: pre-release layout: no `mode` record in `meta`, plaintext only.
 //! - 1: `meta` records the mode (`plaintext` / `encrypted`) and, when
 //!   encrypted, a key-check record; per-user keys live in `keyring.json`.
+//! - 2: every record that is not sealed carries a keyed checksum (the
+//!   catalog in both modes, per-user records in plaintext stores), under the
+//!   random `check_key` in `meta`; the store directory holds a marker file,
+//!   so a lost database is told apart from a new store.
 //!
 //! A store newer than [`SCHEMA_VERSION`] is refused (an older build must not
 //! write a layout it does not understand). An older one is migrated one step
@@ -13,22 +17,24 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use super::checksum::{checked_frame, RecordCheck};
 use super::crypto::MasterKeys;
 use super::db::{Trees, ALL_TREES};
-use super::keyring::Keyring;
+use super::keyring::{write_atomically, Keyring};
 use super::layout::{
-    META, META_KEY_CHECK, META_MODE, META_SCHEMA_VERSION, MODE_ENCRYPTED, MODE_PLAINTEXT,
+    CHECKED, ITEMS, META, META_CHECK_KEY, META_KEY_CHECK, META_MODE, META_SCHEMA_VERSION,
+    MODE_ENCRYPTED, MODE_PLAINTEXT, PER_USER_TREES, PLAIN, STORE_MARKER,
 };
 use super::{Protection, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One migration step, applied to an open database.
 type Migration = fn(&Path, &Trees) -> Result<(), StoreError>;
 
 /// Migration steps: `MIGRATIONS[v]` turns a version-`v` store into `v + 1`.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1, v1_to_v2];
 
 /// Version 0 stores were plaintext and had no mode record.
 fn v0_to_v1(root: &Path, trees: &Trees) -> Result<(), StoreError> {
@@ -43,19 +49,126 @@ fn v0_to_v1(root: &Path, trees: &Trees) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Version 2: checksums on every record that is not sealed. Idempotent (a
+/// migration cut short runs again): values that already verify are kept.
+fn v1_to_v2(root: &Path, trees: &Trees) -> Result<(), StoreError> {
+    let check = match read_check_key(root, trees)? {
+        Some(check) => check,
+        None => {
+            let check = RecordCheck::generate();
+            trees
+                .meta
+                .insert(META_CHECK_KEY, check.as_bytes())
+                .map_err(|e| StoreError::db(root, "migrating to schema 2", e))?;
+            check
+        }
+    };
+    let mode = trees
+        .meta
+        .get(META_MODE)
+        .map_err(|e| StoreError::db(root, "reading the store mode", e))?;
+    if mode.as_deref() == Some(MODE_PLAINTEXT) {
+        for tree in PER_USER_TREES {
+            add_checksums(root, trees, &check, tree, |value| {
+                value
+                    .split_first()
+                    .filter(|(f, _)| **f == PLAIN)
+                    .map(|(_, b)| b)
+            })?;
+        }
+    }
+    // Schema 1 wrote catalog values as bare postcard.
+    add_checksums(root, trees, &check, ITEMS, whole)?;
+    // Cached states: cheaper recomputed than rewritten.
+    trees
+        .text_states
+        .clear()
+        .map_err(|e| StoreError::db(root, "migrating to schema 2", e))
+}
+
+/// Rewrites the values of `tree` that do not verify yet: `body_of` gives the
+/// schema-1 body of a value, `None` to leave it (to the integrity check).
+fn add_checksums(
+    root: &Path,
+    trees: &Trees,
+    check: &RecordCheck,
+    tree: &str,
+    body_of: impl Fn(&[u8]) -> Option<&[u8]>,
+) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for entry in trees.tree(tree).iter() {
+        let (key, value) = entry.map_err(|e| StoreError::db(root, "migrating to schema 2", e))?;
+        let verified = value
+            .split_first()
+            .filter(|(frame, _)| **frame == CHECKED)
+            .and_then(|(_, rest)| check.verify(tree, &key, rest));
+        if verified.is_some() {
+            continue;
+        }
+        if let Some(body) = body_of(&value) {
+            batch.insert(key.clone(), checked_frame(check, tree, &key, body));
+        }
+    }
+    // One atomic batch per tree.
+    trees
+        .tree(tree)
+        .apply_batch(batch)
+        .map_err(|e| StoreError::db(root, "migrating to schema 2", e))
+}
+
+/// A schema-1 catalog value is its body.
+fn whole(value: &[u8]) -> Option<&[u8]> {
+    Some(value)
+}
+
+fn read_check_key(root: &Path, trees: &Trees) -> Result<Option<RecordCheck>, StoreError> {
+    let value = trees
+        .meta
+        .get(META_CHECK_KEY)
+        .map_err(|e| StoreError::db(root, "reading the checksum key", e))?;
+    value
+        .map(|v| {
+            RecordCheck::from_bytes(&v)
+                .ok_or_else(|| StoreError::corrupt(root, "the checksum key record is malformed"))
+        })
+        .transpose()
+}
+
 /// Brings the store to the current schema (creating it if empty) and checks
-/// the master key; returns how per-user data is protected.
+/// the master key; returns how per-user data is protected and the store's
+/// checksum key.
 pub(crate) fn prepare(
     root: &Path,
     trees: &Trees,
     master: Option<MasterKeys>,
-) -> Result<Protection, StoreError> {
+) -> Result<(Protection, RecordCheck), StoreError> {
+    let prepared = prepare_database(root, trees, master)?;
+    write_marker(root)?;
+    Ok(prepared)
+}
+
+fn prepare_database(
+    root: &Path,
+    trees: &Trees,
+    master: Option<MasterKeys>,
+) -> Result<(Protection, RecordCheck), StoreError> {
     match read_version(root, trees)? {
         None => {
             if !is_empty(root, trees)? {
                 return Err(StoreError::corrupt(
                     root,
                     "the database holds data but no schema version record",
+                ));
+            }
+            if root.join(STORE_MARKER).exists() {
+                return Err(StoreError::corrupt(
+                    root,
+                    format!(
+                        "its database ({}) is missing or empty, yet {STORE_MARKER} says a store \
+                         was created here (nothing was written): restore the store directory \
+                         from a backup, or delete it to start with an empty store",
+                        root.join(super::DATABASE_DIR).display()
+                    ),
                 ));
             }
             return create(root, trees, master);
@@ -70,7 +183,18 @@ pub(crate) fn prepare(
         Some(found) if found < SCHEMA_VERSION => migrate(root, trees, found)?,
         Some(_) => {}
     }
-    protection(root, trees, master)
+    let check = read_check_key(root, trees)?
+        .ok_or_else(|| StoreError::corrupt(root, "the checksum key record is missing"))?;
+    Ok((protection(root, trees, master)?, check))
+}
+
+/// Marks the directory as holding a store (once its database exists).
+fn write_marker(root: &Path) -> Result<(), StoreError> {
+    if root.join(STORE_MARKER).exists() {
+        return Ok(());
+    }
+    let marker = br#"{"format": "l2rec-store", "database": "sled"}"#;
+    write_atomically(root, "l2rec-store.json.tmp", STORE_MARKER, marker)
 }
 
 /// The schema version, `None` for a database that was never initialized.
@@ -113,9 +237,11 @@ fn create(
     root: &Path,
     trees: &Trees,
     master: Option<MasterKeys>,
-) -> Result<Protection, StoreError> {
+) -> Result<(Protection, RecordCheck), StoreError> {
+    let check = RecordCheck::generate();
     let mut batch = sled::Batch::default();
     batch.insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes());
+    batch.insert(META_CHECK_KEY, check.as_bytes());
     let protection = match master {
         None => {
             batch.insert(META_MODE, MODE_PLAINTEXT);
@@ -136,7 +262,7 @@ fn create(
         .apply_batch(batch)
         .map_err(|e| StoreError::db(root, "initializing the store", e))?;
     trees.sync(root, "initializing the store")?;
-    Ok(protection)
+    Ok((protection, check))
 }
 
 /// An empty keyring for a new encrypted store. A leftover keyring that holds

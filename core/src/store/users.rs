@@ -24,7 +24,7 @@ impl Store {
             .get(tag)
             .map_err(|e| StoreError::db(&self.root, "reading a user record", e))?;
         value
-            .map(|v| self.unframe(&key, USER_RECORDS, &tag, &v))
+            .map(|v| self.unframe(&key, user, USER_RECORDS, &tag, &v))
             .transpose()
     }
 
@@ -134,7 +134,7 @@ impl Store {
                 entry.map_err(|e| StoreError::db(&self.root, "reading events", e))?;
             let seq = event_seq(&record_key)
                 .ok_or_else(|| StoreError::corrupt(&self.root, "an event key is malformed"))?;
-            events.push((seq, self.unframe(&key, EVENTS, &record_key, &value)?));
+            events.push((seq, self.unframe(&key, user, EVENTS, &record_key, &value)?));
         }
         Ok(events)
     }
@@ -181,7 +181,20 @@ impl Store {
         else {
             return Ok(None);
         };
-        let entry: ViewStateEntry = self.unframe(&user_key, VIEW_STATES, &record_key, &value)?;
+        let entry = match self.open_frame::<ViewStateEntry>(
+            &user_key,
+            VIEW_STATES,
+            &record_key,
+            &value,
+        ) {
+            Ok(entry) => entry,
+            Err(why) => {
+                // A cache: a miss, recomputed and written over.
+                tracing::warn!(path = %self.root.display(), "a cached view state {why}; recomputing it");
+                self.note_cached_state_dropped();
+                return Ok(None);
+            }
+        };
         // The key is hashed in the sled key; the stored copy rules out collisions.
         Ok((entry.key == *key).then_some(entry.state))
     }
@@ -218,6 +231,7 @@ impl Store {
             .remove(intent)
             .map_err(|e| StoreError::db(&self.root, "clearing a forget intent", e))?;
         trees.sync(&self.root, "flushing a forget")?;
+        self.clear_damaged_user(&tag);
         Ok(())
     }
 
@@ -282,12 +296,17 @@ impl Store {
         for entry in trees.view_states.scan_prefix(tag) {
             let (record_key, value) =
                 entry.map_err(|e| StoreError::db(&self.root, "reading view states", e))?;
-            entries.push(self.unframe(&key, VIEW_STATES, &record_key, &value)?);
+            // A damaged cache entry is not the user's data: left out.
+            entries.extend(
+                self.open_frame::<ViewStateEntry>(&key, VIEW_STATES, &record_key, &value)
+                    .ok(),
+            );
         }
         Ok(entries)
     }
 
-    /// Every user with data in the store, sorted.
+    /// Every user with data in the store, sorted (but for users whose entry
+    /// is damaged: see [`Store::integrity`]).
     pub fn users(&self) -> Result<Vec<String>, StoreError> {
         let trees = self.trees()?;
         let mut users = Vec::new();
@@ -302,8 +321,10 @@ impl Store {
             let Some(key) = self.read_key(&tag)? else {
                 continue;
             };
-            let entry: UserEntry = self.unframe(&key, USERS, &tag, &value)?;
-            users.push(entry.id);
+            // A damaged entry names no one: it is in the integrity report.
+            if let Ok(entry) = self.open_frame::<UserEntry>(&key, USERS, &tag, &value) {
+                users.push(entry.id);
+            }
         }
         users.sort();
         Ok(users)
