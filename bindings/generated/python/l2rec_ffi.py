@@ -2207,7 +2207,7 @@ class _UniffiFfiConverterTypeRecommenderConfig(_UniffiConverterRustBuffer):
 
 @dataclass
 class Stats:
-    def __init__(self, *, users:int, catalog_items:int, cold_items:int, store_encrypted:bool, store_bytes_on_disk:int, store_live_bytes:int, scorer:str):
+    def __init__(self, *, users:int, catalog_items:int, cold_items:int, store_encrypted:bool, store_bytes_on_disk:int, store_live_bytes:int, scorer:str, damaged_users:typing.List[str], damaged_items:typing.List[str]):
         self.users = users
         self.catalog_items = catalog_items
         self.cold_items = cold_items
@@ -2215,12 +2215,14 @@ class Stats:
         self.store_bytes_on_disk = store_bytes_on_disk
         self.store_live_bytes = store_live_bytes
         self.scorer = scorer
+        self.damaged_users = damaged_users
+        self.damaged_items = damaged_items
         
         
 
     
     def __str__(self):
-        return "Stats(users={}, catalog_items={}, cold_items={}, store_encrypted={}, store_bytes_on_disk={}, store_live_bytes={}, scorer={})".format(self.users, self.catalog_items, self.cold_items, self.store_encrypted, self.store_bytes_on_disk, self.store_live_bytes, self.scorer)
+        return "Stats(users={}, catalog_items={}, cold_items={}, store_encrypted={}, store_bytes_on_disk={}, store_live_bytes={}, scorer={}, damaged_users={}, damaged_items={})".format(self.users, self.catalog_items, self.cold_items, self.store_encrypted, self.store_bytes_on_disk, self.store_live_bytes, self.scorer, self.damaged_users, self.damaged_items)
     def __eq__(self, other):
         if self.users != other.users:
             return False
@@ -2236,6 +2238,10 @@ class Stats:
             return False
         if self.scorer != other.scorer:
             return False
+        if self.damaged_users != other.damaged_users:
+            return False
+        if self.damaged_items != other.damaged_items:
+            return False
         return True
 
 class _UniffiFfiConverterTypeStats(_UniffiConverterRustBuffer):
@@ -2249,6 +2255,8 @@ class _UniffiFfiConverterTypeStats(_UniffiConverterRustBuffer):
             store_bytes_on_disk=_UniffiFfiConverterUInt64.read(buf),
             store_live_bytes=_UniffiFfiConverterUInt64.read(buf),
             scorer=_UniffiFfiConverterString.read(buf),
+            damaged_users=_UniffiFfiConverterSequenceString.read(buf),
+            damaged_items=_UniffiFfiConverterSequenceString.read(buf),
         )
 
     @staticmethod
@@ -2260,6 +2268,8 @@ class _UniffiFfiConverterTypeStats(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.check_lower(value.store_bytes_on_disk)
         _UniffiFfiConverterUInt64.check_lower(value.store_live_bytes)
         _UniffiFfiConverterString.check_lower(value.scorer)
+        _UniffiFfiConverterSequenceString.check_lower(value.damaged_users)
+        _UniffiFfiConverterSequenceString.check_lower(value.damaged_items)
 
     @staticmethod
     def write(value, buf):
@@ -2270,6 +2280,8 @@ class _UniffiFfiConverterTypeStats(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.store_bytes_on_disk, buf)
         _UniffiFfiConverterUInt64.write(value.store_live_bytes, buf)
         _UniffiFfiConverterString.write(value.scorer, buf)
+        _UniffiFfiConverterSequenceString.write(value.damaged_users, buf)
+        _UniffiFfiConverterSequenceString.write(value.damaged_items, buf)
 
 @dataclass
 class StoredEvent:

@@ -2190,10 +2190,26 @@ public struct Stats: Equatable, Hashable {
     public var storeBytesOnDisk: UInt64
     public var storeLiveBytes: UInt64
     public var scorer: String
+    /**
+     * Users whose stored records are damaged: their calls fail with
+     * `StoreCorrupt` naming them; `forgetUser` drops their records.
+     */
+    public var damagedUsers: [String]
+    /**
+     * Catalog items whose record is damaged: upsert them again.
+     */
+    public var damagedItems: [String]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(users: UInt64, catalogItems: UInt64, coldItems: UInt64, storeEncrypted: Bool, storeBytesOnDisk: UInt64, storeLiveBytes: UInt64, scorer: String) {
+    public init(users: UInt64, catalogItems: UInt64, coldItems: UInt64, storeEncrypted: Bool, storeBytesOnDisk: UInt64, storeLiveBytes: UInt64, scorer: String, 
+        /**
+         * Users whose stored records are damaged: their calls fail with
+         * `StoreCorrupt` naming them; `forgetUser` drops their records.
+         */damagedUsers: [String], 
+        /**
+         * Catalog items whose record is damaged: upsert them again.
+         */damagedItems: [String]) {
         self.users = users
         self.catalogItems = catalogItems
         self.coldItems = coldItems
@@ -2201,6 +2217,8 @@ public struct Stats: Equatable, Hashable {
         self.storeBytesOnDisk = storeBytesOnDisk
         self.storeLiveBytes = storeLiveBytes
         self.scorer = scorer
+        self.damagedUsers = damagedUsers
+        self.damagedItems = damagedItems
     }
 
     
@@ -2225,7 +2243,9 @@ public struct FfiConverterTypeStats: FfiConverterRustBuffer {
                 storeEncrypted: FfiConverterBool.read(from: &buf), 
                 storeBytesOnDisk: FfiConverterUInt64.read(from: &buf), 
                 storeLiveBytes: FfiConverterUInt64.read(from: &buf), 
-                scorer: FfiConverterString.read(from: &buf)
+                scorer: FfiConverterString.read(from: &buf), 
+                damagedUsers: FfiConverterSequenceString.read(from: &buf), 
+                damagedItems: FfiConverterSequenceString.read(from: &buf)
         )
     }
 
@@ -2237,6 +2257,8 @@ public struct FfiConverterTypeStats: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.storeBytesOnDisk, into: &buf)
         FfiConverterUInt64.write(value.storeLiveBytes, into: &buf)
         FfiConverterString.write(value.scorer, into: &buf)
+        FfiConverterSequenceString.write(value.damagedUsers, into: &buf)
+        FfiConverterSequenceString.write(value.damagedItems, into: &buf)
     }
 }
 

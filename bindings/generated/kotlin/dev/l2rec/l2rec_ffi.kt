@@ -3243,6 +3243,17 @@ data class Stats (
     var `storeLiveBytes`: kotlin.ULong
     , 
     var `scorer`: kotlin.String
+    , 
+    /**
+     * Users whose stored records are damaged: their calls fail with
+     * `StoreCorrupt` naming them; `forgetUser` drops their records.
+     */
+    var `damagedUsers`: List<kotlin.String>
+    , 
+    /**
+     * Catalog items whose record is damaged: upsert them again.
+     */
+    var `damagedItems`: List<kotlin.String>
     
 ){
     
@@ -3266,6 +3277,8 @@ public object FfiConverterTypeStats: FfiConverterRustBuffer<Stats> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterString.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterSequenceString.read(buf),
         )
     }
 
@@ -3276,7 +3289,9 @@ public object FfiConverterTypeStats: FfiConverterRustBuffer<Stats> {
             FfiConverterBoolean.allocationSize(value.`storeEncrypted`) +
             FfiConverterULong.allocationSize(value.`storeBytesOnDisk`) +
             FfiConverterULong.allocationSize(value.`storeLiveBytes`) +
-            FfiConverterString.allocationSize(value.`scorer`)
+            FfiConverterString.allocationSize(value.`scorer`) +
+            FfiConverterSequenceString.allocationSize(value.`damagedUsers`) +
+            FfiConverterSequenceString.allocationSize(value.`damagedItems`)
     )
 
     override fun write(value: Stats, buf: ByteBuffer) {
@@ -3287,6 +3302,8 @@ public object FfiConverterTypeStats: FfiConverterRustBuffer<Stats> {
             FfiConverterULong.write(value.`storeBytesOnDisk`, buf)
             FfiConverterULong.write(value.`storeLiveBytes`, buf)
             FfiConverterString.write(value.`scorer`, buf)
+            FfiConverterSequenceString.write(value.`damagedUsers`, buf)
+            FfiConverterSequenceString.write(value.`damagedItems`, buf)
     }
 }
 
