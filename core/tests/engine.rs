@@ -502,3 +502,67 @@ fn forget_leaves_no_byte_of_the_user_in_the_store_files() {
         assert_eq!(e.export_user("kept-user-q7z").unwrap().events.len(), 20);
     }
 }
+
+/// Opens the sled database of a closed store directly, waiting for the lock
+/// that sled's background threads hold a moment after a close.
+fn raw_store_db(store: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(store.join(l2rec::store::DATABASE_DIR)) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("opening the raw database: {e}"),
+        }
+    }
+}
+
+#[test]
+fn one_damaged_user_fails_alone_named_and_forget_repairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_small_bundle_with(&dir.path().join("bundle"), 2);
+    let store = dir.path().join("store");
+    let config = || {
+        let mut c = EngineConfig::new(model_info().path, bundle.clone(), store.clone());
+        c.threads = Some(1);
+        c
+    };
+    {
+        let e = Engine::open(config(), &mut Progress::none()).unwrap();
+        for t in 0..6 {
+            e.observe("ann", &event(&(t + 1).to_string(), t)).unwrap();
+            e.observe("bob", &event(&(t + 11).to_string(), t)).unwrap();
+        }
+    }
+    {
+        // Flip one byte of one user's event (whichever sorts first).
+        let db = raw_store_db(&store);
+        let events = db.open_tree("events").unwrap();
+        let (key, value) = events.iter().next().unwrap().unwrap();
+        let mut bytes = value.to_vec();
+        bytes[1] ^= 0x40;
+        events.insert(key, bytes).unwrap();
+        db.flush().unwrap();
+    }
+    let e = Engine::open(config(), &mut Progress::none()).unwrap();
+    let stats = e.stats().unwrap();
+    assert_eq!(stats.users, 2);
+    assert_eq!(stats.damaged_users.len(), 1, "{stats:?}");
+    let damaged = stats.damaged_users[0].clone();
+    let other = if damaged == "ann" { "bob" } else { "ann" };
+    let err = e
+        .recommend(&damaged, 5, RecommendOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Store(l2rec::store::StoreError::UserDamaged { user, .. }) if *user == damaged),
+        "{err}"
+    );
+    assert!(err.to_string().contains("forget"), "{err}");
+    let served = |user: &str| e.recommend(user, 5, RecommendOptions::default()).unwrap();
+    assert_eq!(served(other).len(), 5, "the other user is served");
+    assert_eq!(served("newcomer").len(), 5, "the cold-start list too");
+    e.forget_user(&damaged).unwrap();
+    assert!(e.stats().unwrap().damaged_users.is_empty());
+    assert_eq!(served(&damaged).len(), 5, "a forgotten user starts afresh");
+}

@@ -220,6 +220,10 @@ impl Store {
                 dropped.remove(record_key);
             }
         }
+        // No write at all on a clean open: an open should not touch the log.
+        if damage.cached_states_dropped == 0 {
+            return Ok(());
+        }
         trees
             .view_states
             .apply_batch(dropped)
@@ -242,6 +246,7 @@ impl Store {
             }
         }
         let mut dropped = sled::Batch::default();
+        let dropped_before = damage.cached_states_dropped;
         for entry in trees.text_states.iter() {
             let (key, value) =
                 entry.map_err(|e| StoreError::db(&self.root, "verifying text states", e))?;
@@ -253,6 +258,9 @@ impl Store {
                 damage.cached_states_dropped += 1;
                 dropped.remove(key);
             }
+        }
+        if damage.cached_states_dropped == dropped_before {
+            return Ok(());
         }
         trees
             .text_states

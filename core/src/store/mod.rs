@@ -461,8 +461,9 @@ fn validate(config: &StoreConfig) -> Result<(), StoreError> {
 }
 
 /// Entry points for `cargo fuzz` (`fuzz/`, see its README): the store's
-/// decoders on arbitrary bytes. Compiled only under the fuzzer's `cfg`.
-#[cfg(fuzzing)]
+/// decoders on arbitrary bytes. Compiled under the fuzzer's `cfg` (and for
+/// the unit tests that keep it building).
+#[cfg(any(fuzzing, test))]
 pub mod fuzzing {
     use std::sync::{Arc, OnceLock};
 
@@ -542,6 +543,20 @@ mod tests {
     #[test]
     fn store_is_send_and_sync() {
         assert_send_sync::<Store>();
+    }
+
+    #[test]
+    fn the_fuzz_entry_points_refuse_garbage_without_panicking() {
+        let mut inputs: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0x30, 4, 1, 2, 3, 4, 5]];
+        for selector in 0u8..0x40 {
+            inputs.push([&[selector, 3][..], b"tag", &[2, 0xff, 0xff, 0xff, 0x0f]].concat());
+            inputs.push([&[selector, 0][..], &[5, b'a', b'b']].concat());
+        }
+        for input in &inputs {
+            fuzzing::decode_record(input);
+            fuzzing::parse_keyring(input);
+        }
+        fuzzing::parse_keyring(br#"{"format": "l2rec-store-keyring", "version": 1, "keys": {"zz": {"id": "", "wrapped": ""}}}"#);
     }
 
     #[test]
