@@ -167,12 +167,53 @@ impl Store {
         Ok(names)
     }
 
+    /// Counts the damaged records of a per-user data tree against their user.
     fn check_user_tree<T: DeserializeOwned>(
         &self,
         trees: &Trees,
         tree: &str,
         damage: &mut Damage,
     ) -> Result<(), StoreError> {
+        for record_key in self.damaged_in_user_tree::<T>(trees, tree, damage)? {
+            // `damaged_in_user_tree` only returns keys that start with a tag.
+            if let Some(tag) = tag_of(&record_key) {
+                damage.user_record(tag);
+            }
+        }
+        Ok(())
+    }
+
+    /// View states are caches: damaged ones are dropped, not reported.
+    fn drop_damaged_view_states(
+        &self,
+        trees: &Trees,
+        damage: &mut Damage,
+    ) -> Result<(), StoreError> {
+        let damaged = self.damaged_in_user_tree::<ViewStateEntry>(trees, VIEW_STATES, damage)?;
+        // No write at all on a clean open: an open should not touch the log.
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        damage.cached_states_dropped += damaged.len() as u64;
+        let mut dropped = sled::Batch::default();
+        for record_key in damaged {
+            dropped.remove(record_key);
+        }
+        trees
+            .view_states
+            .apply_batch(dropped)
+            .map_err(|e| StoreError::db(&self.root, "dropping damaged view states", e))
+    }
+
+    /// The keys of a per-user tree's records that fail to open as `T`;
+    /// counts every record checked.
+    fn damaged_in_user_tree<T: DeserializeOwned>(
+        &self,
+        trees: &Trees,
+        tree: &str,
+        damage: &mut Damage,
+    ) -> Result<Vec<sled::IVec>, StoreError> {
+        let mut damaged = Vec::new();
         for entry in trees.tree(tree).iter() {
             let (record_key, value) =
                 entry.map_err(|e| StoreError::db(&self.root, "verifying records", e))?;
@@ -190,44 +231,10 @@ impl Store {
                 .open_frame::<T>(&key, tree, &record_key, &value)
                 .is_err()
             {
-                damage.user_record(tag);
+                damaged.push(record_key);
             }
         }
-        Ok(())
-    }
-
-    /// View states are caches: damaged ones are dropped, not reported.
-    fn drop_damaged_view_states(
-        &self,
-        trees: &Trees,
-        damage: &mut Damage,
-    ) -> Result<(), StoreError> {
-        let mut dropped = sled::Batch::default();
-        for entry in trees.view_states.iter() {
-            let (record_key, value) =
-                entry.map_err(|e| StoreError::db(&self.root, "verifying view states", e))?;
-            let Some(key) = tag_of(&record_key).map(|t| self.read_key(&t)).transpose()? else {
-                return Err(StoreError::corrupt(
-                    &self.root,
-                    "a view-state key is too short",
-                ));
-            };
-            let Some(key) = key else { continue };
-            damage.records_checked += 1;
-            let opened = self.open_frame::<ViewStateEntry>(&key, VIEW_STATES, &record_key, &value);
-            if opened.is_err() {
-                damage.cached_states_dropped += 1;
-                dropped.remove(record_key);
-            }
-        }
-        // No write at all on a clean open: an open should not touch the log.
-        if damage.cached_states_dropped == 0 {
-            return Ok(());
-        }
-        trees
-            .view_states
-            .apply_batch(dropped)
-            .map_err(|e| StoreError::db(&self.root, "dropping damaged view states", e))
+        Ok(damaged)
     }
 
     /// Items are reported; damaged text states are dropped (caches).

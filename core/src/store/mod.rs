@@ -362,10 +362,7 @@ impl Store {
         let encoded = postcard::to_stdvec(value).expect("store values encode with postcard");
         match key {
             UserKey::Plain => self.checked(tree, record_key, &encoded),
-            UserKey::Sealed(data_key) => {
-                let sealed = data_key.seal(tree, record_key, &encoded);
-                [&[SEALED][..], &sealed].concat()
-            }
+            UserKey::Sealed(data_key) => sealed_frame(data_key, tree, record_key, &encoded),
         }
     }
 
@@ -424,6 +421,11 @@ impl Store {
     }
 }
 
+/// A framed value: [`SEALED`], then the bytes sealed under the user's key.
+fn sealed_frame(data_key: &DataKey, tree: &str, record_key: &[u8], body: &[u8]) -> Vec<u8> {
+    [&[SEALED][..], &data_key.seal(tree, record_key, body)].concat()
+}
+
 /// The one decoder of framed values (see `layout`).
 fn decode_frame<T: DeserializeOwned>(
     check: &RecordCheck,
@@ -472,7 +474,9 @@ pub mod fuzzing {
     use super::layout::{
         UserEntry, ViewStateEntry, EVENTS, ITEMS, TEXT_STATES, USERS, USER_RECORDS, VIEW_STATES,
     };
-    use super::{checked_frame, decode_frame, Event, StoredItem, UserKey, UserRecord};
+    use super::{
+        checked_frame, decode_frame, sealed_frame, Event, StoredItem, UserKey, UserRecord,
+    };
 
     fn keys() -> &'static (RecordCheck, Arc<DataKey>) {
         static KEYS: OnceLock<(RecordCheck, Arc<DataKey>)> = OnceLock::new();
@@ -501,11 +505,7 @@ pub mod fuzzing {
         let framed;
         let value = if selector & 0x20 != 0 {
             framed = if sealed {
-                [
-                    &[super::SEALED][..],
-                    &data_key.seal(tree, record_key, value),
-                ]
-                .concat()
+                sealed_frame(data_key, tree, record_key, value)
             } else {
                 checked_frame(check, tree, record_key, value)
             };
