@@ -18,6 +18,8 @@ use l2rec::engine::{CancelToken, Engine, EngineConfig, Progress};
 
 mod background;
 mod error;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 mod types;
 
 pub use error::L2recError;

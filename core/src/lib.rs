@@ -6,6 +6,8 @@ pub mod bundle;
 pub mod engine;
 #[allow(unsafe_code)]
 pub mod ffi;
+#[cfg(test)]
+mod fuzz_seeds;
 pub mod kernels;
 pub mod lora;
 pub mod model;

@@ -1,6 +1,8 @@
 //! Model bundles (SPEC "Bundle layout", docs/BUNDLE.md): opened only after
 //! every byte is checked, so nothing unchecked reaches llama.cpp.
 
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 mod manifest;
 mod tensors;
 
@@ -186,6 +188,10 @@ fn io_error(file: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
 fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
     let file = dir.join("manifest.json");
     let text = std::fs::read_to_string(&file).map_err(io_error(&file))?;
+    parse_manifest(file, &text)
+}
+
+fn parse_manifest(file: PathBuf, text: &str) -> Result<Manifest, BundleError> {
     let json_error = |e: serde_json::Error| BundleError::Json {
         file: file.clone(),
         line: e.line(),
@@ -199,7 +205,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
         format: Option<String>,
         version: Option<u32>,
     }
-    let header: Header = serde_json::from_str(&text).map_err(json_error)?;
+    let header: Header = serde_json::from_str(text).map_err(json_error)?;
     let format = header.format.unwrap_or_default();
     if format != FORMAT {
         return Err(BundleError::Format {
@@ -215,7 +221,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
             supported: VERSION,
         });
     }
-    serde_json::from_str(&text).map_err(json_error)
+    serde_json::from_str(text).map_err(json_error)
 }
 
 fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), BundleError> {

@@ -207,8 +207,12 @@ fn metadata(file: &Path, bytes: &[u8]) -> Result<Option<HashMap<String, String>>
 
 impl Heads {
     pub fn read(file: &Path, m: &Manifest) -> Result<Self, BundleError> {
-        let bytes = read_file(file)?;
-        let r = Reader::parse(file, &bytes)?;
+        Self::parse(file, &read_file(file)?, m)
+    }
+
+    /// [`Heads::read`] of bytes already read (`file` names them in errors).
+    pub fn parse(file: &Path, bytes: &[u8], m: &Manifest) -> Result<Self, BundleError> {
+        let r = Reader::parse(file, bytes)?;
         let (d, d_r, d_phi) = (m.dims.d, m.dims.d_r, m.dims.d_phi);
         let gate = |view: View| -> Result<Linear, BundleError> {
             match m.views.get(view).experts {
@@ -285,9 +289,13 @@ impl Heads {
 
 impl Items {
     pub fn read(file: &Path, m: &Manifest) -> Result<Self, BundleError> {
-        let bytes = read_file(file)?;
-        let r = Reader::parse(file, &bytes)?;
-        let meta = metadata(file, &bytes)?;
+        Self::parse(file, &read_file(file)?, m)
+    }
+
+    /// [`Items::read`] of bytes already read (`file` names them in errors).
+    pub fn parse(file: &Path, bytes: &[u8], m: &Manifest) -> Result<Self, BundleError> {
+        let r = Reader::parse(file, bytes)?;
+        let meta = metadata(file, bytes)?;
         let n = m.items.count;
         let text_state = if r.has("item.text_state") {
             Some(r.f32("item.text_state", &[n, m.dims.d])?)
@@ -376,9 +384,13 @@ impl Users {
     }
 
     pub fn read(file: &Path, m: &Manifest) -> Result<Self, BundleError> {
-        let bytes = read_file(file)?;
-        let r = Reader::parse(file, &bytes)?;
-        let meta = metadata(file, &bytes)?;
+        Self::parse(file, &read_file(file)?, m)
+    }
+
+    /// [`Users::read`] of bytes already read (`file` names them in errors).
+    pub fn parse(file: &Path, bytes: &[u8], m: &Manifest) -> Result<Self, BundleError> {
+        let r = Reader::parse(file, bytes)?;
+        let meta = metadata(file, bytes)?;
         let rows = r
             .tensors
             .tensor("user.phi")

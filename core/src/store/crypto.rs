@@ -146,6 +146,15 @@ pub(crate) struct DataKey {
 }
 
 impl DataKey {
+    /// A key of given bytes, for the fuzz targets' committed seeds.
+    #[cfg(any(fuzzing, test))]
+    pub(crate) fn fixed(id: [u8; KEY_ID_LEN], key: [u8; 32]) -> Self {
+        DataKey {
+            id,
+            key: Zeroizing::new(key),
+        }
+    }
+
     pub(crate) fn generate() -> Self {
         let mut id = [0u8; KEY_ID_LEN];
         OsRng.fill_bytes(&mut id);

@@ -51,6 +51,8 @@ mod checksum;
 mod crypto;
 mod db;
 mod error;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 mod integrity;
 mod items;
 mod keyring;
@@ -462,78 +464,6 @@ fn validate(config: &StoreConfig) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Entry points for `cargo fuzz` (`fuzz/`, see its README): the store's
-/// decoders on arbitrary bytes. Compiled under the fuzzer's `cfg` (and for
-/// the unit tests that keep it building).
-#[cfg(any(fuzzing, test))]
-pub mod fuzzing {
-    use std::sync::{Arc, OnceLock};
-
-    use super::checksum::RecordCheck;
-    use super::crypto::DataKey;
-    use super::layout::{
-        UserEntry, ViewStateEntry, EVENTS, ITEMS, TEXT_STATES, USERS, USER_RECORDS, VIEW_STATES,
-    };
-    use super::{
-        checked_frame, decode_frame, sealed_frame, Event, StoredItem, UserKey, UserRecord,
-    };
-
-    fn keys() -> &'static (RecordCheck, Arc<DataKey>) {
-        static KEYS: OnceLock<(RecordCheck, Arc<DataKey>)> = OnceLock::new();
-        KEYS.get_or_init(|| (RecordCheck::generate(), Arc::new(DataKey::generate())))
-    }
-
-    /// One record value through the store's decoder. Input: a selector byte
-    /// (tree, plain or sealed, raw or re-framed), a key length byte, the sled
-    /// key, the value. "Re-framed" wraps the value in a valid frame first, so
-    /// the fuzzer reaches the postcard decoding behind the checksum.
-    pub fn decode_record(data: &[u8]) {
-        let [selector, key_len, rest @ ..] = data else {
-            return;
-        };
-        let key_len = usize::from(*key_len).min(rest.len());
-        let (record_key, value) = rest.split_at(key_len);
-        let (check, data_key) = keys();
-        let sealed = selector & 0x10 != 0;
-        let key = if sealed {
-            UserKey::Sealed(Arc::clone(data_key))
-        } else {
-            UserKey::Plain
-        };
-        let trees = [USERS, USER_RECORDS, EVENTS, VIEW_STATES, ITEMS, TEXT_STATES];
-        let tree = trees[usize::from(selector & 0x0f) % trees.len()];
-        let framed;
-        let value = if selector & 0x20 != 0 {
-            framed = if sealed {
-                sealed_frame(data_key, tree, record_key, value)
-            } else {
-                checked_frame(check, tree, record_key, value)
-            };
-            &framed[..]
-        } else {
-            value
-        };
-        let decode = |bytes: &[u8]| match tree {
-            USERS => decode_frame::<UserEntry>(check, &key, tree, record_key, bytes).map(drop),
-            USER_RECORDS => {
-                decode_frame::<UserRecord>(check, &key, tree, record_key, bytes).map(drop)
-            }
-            EVENTS => decode_frame::<Event>(check, &key, tree, record_key, bytes).map(drop),
-            VIEW_STATES => {
-                decode_frame::<ViewStateEntry>(check, &key, tree, record_key, bytes).map(drop)
-            }
-            ITEMS => decode_frame::<StoredItem>(check, &key, tree, record_key, bytes).map(drop),
-            _ => decode_frame::<Vec<f32>>(check, &key, tree, record_key, bytes).map(drop),
-        };
-        let _ = decode(value);
-    }
-
-    /// The keyring file's parser on arbitrary bytes.
-    pub fn parse_keyring(data: &[u8]) {
-        let _ = super::keyring::Keyring::parse(std::path::Path::new("/fuzz"), data);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,20 +473,6 @@ mod tests {
     #[test]
     fn store_is_send_and_sync() {
         assert_send_sync::<Store>();
-    }
-
-    #[test]
-    fn the_fuzz_entry_points_refuse_garbage_without_panicking() {
-        let mut inputs: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0x30, 4, 1, 2, 3, 4, 5]];
-        for selector in 0u8..0x40 {
-            inputs.push([&[selector, 3][..], b"tag", &[2, 0xff, 0xff, 0xff, 0x0f]].concat());
-            inputs.push([&[selector, 0][..], &[5, b'a', b'b']].concat());
-        }
-        for input in &inputs {
-            fuzzing::decode_record(input);
-            fuzzing::parse_keyring(input);
-        }
-        fuzzing::parse_keyring(br#"{"format": "l2rec-store-keyring", "version": 1, "keys": {"zz": {"id": "", "wrapped": ""}}}"#);
     }
 
     #[test]

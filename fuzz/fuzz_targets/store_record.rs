@@ -1,0 +1,5 @@
+//! One store record through the store's frame, checksum, seal and postcard decoding.
+//! (fuzz/README.md; the entry point's doc says what the input holds).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| l2rec::store::fuzzing::decode_record(data));
