@@ -139,7 +139,8 @@ def _(env):
 
 @case("observe known item", "good", "ok")
 def _(env):
-    assert run(env.rec.observe("alice", env.event("1"))) >= 1
+    first = run(env.rec.observe("alice", env.event("1")))
+    assert run(env.rec.observe("alice", env.event("2", 1_001))) == first + 1
 
 
 @case("observe cold item with text", "good", "ok")
@@ -197,6 +198,19 @@ def _(env):
 
     run(env.rec.personalize("carol", env.options(steps=2), Listener()))
     assert seen
+
+
+@case("personalize without events saves nothing and says why", "good", "ok")
+def _(env):
+    report = run(env.rec.personalize("no-events", env.options()))
+    assert report.saved is False and report.reason, report
+
+
+@case("personalize with 1 event saves nothing and says why", "good", "ok")
+def _(env):
+    run(env.rec.observe("one", env.event()))
+    report = run(env.rec.personalize("one", env.options()))
+    assert report.saved is False and "fewer than" in report.reason, report
 
 
 @case("export_user", "good", "ok")
@@ -263,6 +277,7 @@ def _(env):
 
 @case("cancel personalize (10000 steps) within 1 s, then serve", "good", "ok")
 def _(env):
+    run(env.rec.recommend("carol", 3))  # warm: the next one is served from the cache
     handle = env.ffi.CancelHandle()
     threading.Timer(0.5, handle.cancel).start()
     start = time.monotonic()
@@ -275,7 +290,8 @@ def _(env):
     t = time.monotonic()
     run(env.rec.recommend("carol", 3))
     served = time.monotonic() - t
-    assert stopped < 1.0 and served < 1.0, (stopped, served)
+    # A held model lock would make the warm call wait for the whole run.
+    assert stopped < 1.0 and served < 0.5, (stopped, served)
     return f"stopped {stopped:.2f} s after cancel, next call {served:.2f} s"
 
 
@@ -459,8 +475,6 @@ for _name, _fn in [
 for _name, _fn in [
     ("explain user empty", lambda env: run(env.rec.explain(""))),
     ("personalize user empty", lambda env: run(env.rec.personalize("", env.options()))),
-    ("personalize without events", lambda env: run(env.rec.personalize("no-events", env.options()))),
-    ("personalize unknown user with 1 event", lambda env: (run(env.rec.observe("one", env.event())), run(env.rec.personalize("one", env.options())))),
     ("forget_user empty", lambda env: env.rec.forget_user("")),
     ("export_user empty", lambda env: env.rec.export_user("")),
     ("export_user of 10 kB", lambda env: env.rec.export_user("u" * 10_000)),
@@ -575,7 +589,7 @@ def build_store(env, encrypted: bool) -> tuple[object, Path, dict]:
 def snapshot(export):
     return (
         [(e.seq, e.item_id, e.timestamp_ms, e.kind) for e in export.events],
-        None if export.record is None else (bytes(export.record.phi), export.record.version),
+        export.phi, export.phi_version,
     )
 
 

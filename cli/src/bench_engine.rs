@@ -236,6 +236,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
         "store_live_bytes": stats.store_live_bytes,
         "scorer": stats.scorer,
         "threads": args.threads.unwrap_or_else(l2rec::backbone::default_threads),
+        "repack_weights": l2rec::backbone::default_repack(),
         "load_avg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     });
     if args.json {

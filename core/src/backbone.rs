@@ -141,6 +141,11 @@ pub struct BackboneConfig {
     /// Tokens per llama.cpp decode call; longer prompts are split. Bounds the
     /// compute buffer llama.cpp reserves.
     pub n_batch: u32,
+    /// Let ggml repack quantized weights into its interleaved CPU layouts
+    /// (faster matrix products, but a copy of those weights in anonymous
+    /// memory, which a phone counts against the app); off, every weight is
+    /// read from the mapped file. `None` picks [`default_repack`].
+    pub repack_weights: Option<bool>,
 }
 
 impl Default for BackboneConfig {
@@ -150,6 +155,7 @@ impl Default for BackboneConfig {
             threads: None,
             n_ctx: 1024,
             n_batch: 256,
+            repack_weights: None,
         }
     }
 }
@@ -174,6 +180,15 @@ pub fn default_threads() -> u32 {
     (cores / 2).clamp(1, 4)
 }
 
+/// Whether weights are repacked by default: `L2REC_REPACK=0|1` overrides.
+pub fn default_repack() -> bool {
+    match std::env::var("L2REC_REPACK").ok().as_deref().map(str::trim) {
+        Some("0") => false,
+        Some("1") => true,
+        _ => true,
+    }
+}
+
 /// The loaded, verified backbone. Cheap to clone; shareable across threads.
 #[derive(Clone)]
 pub struct Backbone {
@@ -190,7 +205,8 @@ impl Backbone {
 
     /// Loads a model whose [`ModelInfo`] was just read (and so verified).
     pub fn open_verified(info: ModelInfo, config: BackboneConfig) -> Result<Self, BackboneError> {
-        let model = Model::load(&info.path).map_err(|source| BackboneError::Llama {
+        let repack = config.repack_weights.unwrap_or_else(default_repack);
+        let model = Model::load(&info.path, repack).map_err(|source| BackboneError::Llama {
             path: info.path.clone(),
             source,
         })?;

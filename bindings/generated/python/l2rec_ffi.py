@@ -1139,6 +1139,8 @@ class _UniffiFfiConverterTypeCompactReport(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, CompactReport):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected CompactReport, got {type(value).__name__}")
         _UniffiFfiConverterUInt64.check_lower(value.bytes_before)
         _UniffiFfiConverterUInt64.check_lower(value.bytes_after)
 
@@ -1259,6 +1261,8 @@ class _UniffiFfiConverterTypeEvent(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, Event):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected Event, got {type(value).__name__}")
         _UniffiFfiConverterString.check_lower(value.item_id)
         _UniffiFfiConverterInt64.check_lower(value.timestamp_ms)
         _UniffiFfiConverterString.check_lower(value.kind)
@@ -1388,6 +1392,8 @@ class _UniffiFfiConverterTypeViewExplanation(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, ViewExplanation):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected ViewExplanation, got {type(value).__name__}")
         _UniffiFfiConverterTypeHistoryView.check_lower(value.view)
         _UniffiFfiConverterFloat32.check_lower(value.weight)
         _UniffiFfiConverterSequenceFloat32.check_lower(value.expert_scales)
@@ -1475,6 +1481,8 @@ class _UniffiFfiConverterTypeReason(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, Reason):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected Reason, got {type(value).__name__}")
         _UniffiFfiConverterString.check_lower(value.item_id)
         _UniffiFfiConverterSequenceString.check_lower(value.because)
 
@@ -1537,6 +1545,8 @@ class _UniffiFfiConverterTypeExplanation(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, Explanation):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected Explanation, got {type(value).__name__}")
         _UniffiFfiConverterSequenceTypeViewExplanation.check_lower(value.views)
         _UniffiFfiConverterSequenceTypeReason.check_lower(value.reasons)
 
@@ -1576,6 +1586,8 @@ class _UniffiFfiConverterTypeItem(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, Item):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected Item, got {type(value).__name__}")
         _UniffiFfiConverterString.check_lower(value.id)
         _UniffiFfiConverterString.check_lower(value.text)
 
@@ -1640,6 +1652,8 @@ class _UniffiFfiConverterTypeLimits(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, Limits):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected Limits, got {type(value).__name__}")
         _UniffiFfiConverterUInt32.check_lower(value.max_id_bytes)
         _UniffiFfiConverterUInt32.check_lower(value.max_text_bytes)
         _UniffiFfiConverterUInt32.check_lower(value.max_k)
@@ -1693,6 +1707,8 @@ class _UniffiFfiConverterTypePersonalizeOptions(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, PersonalizeOptions):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected PersonalizeOptions, got {type(value).__name__}")
         _UniffiFfiConverterUInt32.check_lower(value.steps)
         _UniffiFfiConverterFloat32.check_lower(value.learning_rate)
         _UniffiFfiConverterFloat32.check_lower(value.l2)
@@ -1782,6 +1798,8 @@ class _UniffiFfiConverterTypePersonalizeReport(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, PersonalizeReport):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected PersonalizeReport, got {type(value).__name__}")
         _UniffiFfiConverterFloat32.check_lower(value.train_loss_before)
         _UniffiFfiConverterFloat32.check_lower(value.train_loss_after)
         _UniffiFfiConverterFloat32.check_lower(value.held_out_loss_before)
@@ -1828,6 +1846,8 @@ class _UniffiFfiConverterTypeRecommendOptions(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, RecommendOptions):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected RecommendOptions, got {type(value).__name__}")
         _UniffiFfiConverterBoolean.check_lower(value.include_history)
 
     @staticmethod
@@ -1866,6 +1886,8 @@ class _UniffiFfiConverterTypeRecommendation(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, Recommendation):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected Recommendation, got {type(value).__name__}")
         _UniffiFfiConverterString.check_lower(value.item_id)
         _UniffiFfiConverterString.check_lower(value.text)
         _UniffiFfiConverterFloat32.check_lower(value.score)
@@ -2185,6 +2207,8 @@ class _UniffiFfiConverterTypeRecommenderConfig(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, RecommenderConfig):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected RecommenderConfig, got {type(value).__name__}")
         _UniffiFfiConverterString.check_lower(value.model_path)
         _UniffiFfiConverterString.check_lower(value.bundle_dir)
         _UniffiFfiConverterString.check_lower(value.store_path)
@@ -2261,6 +2285,8 @@ class _UniffiFfiConverterTypeStats(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, Stats):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected Stats, got {type(value).__name__}")
         _UniffiFfiConverterUInt64.check_lower(value.users)
         _UniffiFfiConverterUInt64.check_lower(value.catalog_items)
         _UniffiFfiConverterUInt64.check_lower(value.cold_items)
@@ -2322,6 +2348,8 @@ class _UniffiFfiConverterTypeStoredEvent(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, StoredEvent):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected StoredEvent, got {type(value).__name__}")
         _UniffiFfiConverterUInt64.check_lower(value.seq)
         _UniffiFfiConverterString.check_lower(value.item_id)
         _UniffiFfiConverterInt64.check_lower(value.timestamp_ms)
@@ -2373,6 +2401,8 @@ class _UniffiFfiConverterTypeStoredViewState(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, StoredViewState):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected StoredViewState, got {type(value).__name__}")
         _UniffiFfiConverterString.check_lower(value.view)
         _UniffiFfiConverterString.check_lower(value.history_hash)
         _UniffiFfiConverterString.check_lower(value.bundle_id)
@@ -2478,6 +2508,8 @@ class _UniffiFfiConverterTypeUserExport(_UniffiConverterRustBuffer):
 
     @staticmethod
     def check_lower(value):
+        if not isinstance(value, UserExport):  # l2rec: bindings/patch_python.py
+            raise TypeError(f"expected UserExport, got {type(value).__name__}")
         _UniffiFfiConverterString.check_lower(value.user)
         _UniffiFfiConverterBoolean.check_lower(value.encrypted_at_rest)
         _UniffiFfiConverterOptionalBytes.check_lower(value.phi)
@@ -2743,10 +2775,13 @@ class CancelHandle(CancelHandleProtocol):
     def __del__(self):
         # In case of partial initialization of instances.
         handle = getattr(self, "_handle", None)
+        self._handle = None  # l2rec: release once (bindings/patch_python.py)
         if handle is not None:
             _uniffi_rust_call(_UniffiLib.uniffi_l2rec_ffi_fn_free_cancelhandle, handle)
 
     def _uniffi_clone_handle(self):
+        if getattr(self, "_handle", None) is None:  # l2rec: released (bindings/patch_python.py)
+            raise L2recError.Closed("this object was released: open a new one")
         return _uniffi_rust_call(_UniffiLib.uniffi_l2rec_ffi_fn_clone_cancelhandle, self._handle)
 
     # Used by alternative constructors or any methods which return this type.
@@ -2835,10 +2870,13 @@ class ProgressListenerImpl(ProgressListener):
     def __del__(self):
         # In case of partial initialization of instances.
         handle = getattr(self, "_handle", None)
+        self._handle = None  # l2rec: release once (bindings/patch_python.py)
         if handle is not None:
             _uniffi_rust_call(_UniffiLib.uniffi_l2rec_ffi_fn_free_progresslistener, handle)
 
     def _uniffi_clone_handle(self):
+        if getattr(self, "_handle", None) is None:  # l2rec: released (bindings/patch_python.py)
+            raise L2recError.Closed("this object was released: open a new one")
         return _uniffi_rust_call(_UniffiLib.uniffi_l2rec_ffi_fn_clone_progresslistener, self._handle)
 
     # Used by alternative constructors or any methods which return this type.
@@ -3228,10 +3266,13 @@ class Recommender(RecommenderProtocol):
     def __del__(self):
         # In case of partial initialization of instances.
         handle = getattr(self, "_handle", None)
+        self._handle = None  # l2rec: release once (bindings/patch_python.py)
         if handle is not None:
             _uniffi_rust_call(_UniffiLib.uniffi_l2rec_ffi_fn_free_recommender, handle)
 
     def _uniffi_clone_handle(self):
+        if getattr(self, "_handle", None) is None:  # l2rec: released (bindings/patch_python.py)
+            raise L2recError.Closed("this object was released: open a new one")
         return _uniffi_rust_call(_UniffiLib.uniffi_l2rec_ffi_fn_clone_recommender, self._handle)
 
     # Used by alternative constructors or any methods which return this type.

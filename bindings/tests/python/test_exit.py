@@ -71,3 +71,40 @@ def test_a_shut_down_recommender_refuses_calls_with_a_typed_error(ffi, config):
     again = run(ffi.Recommender.open(config()))
     assert run(again.stats()).users == 0
     again.shutdown()
+
+
+RELEASE_SCRIPT = r"""
+import asyncio, gc, importlib.util, sys
+folder, model, bundle, store = sys.argv[1:5]
+spec = importlib.util.spec_from_file_location("l2rec_ffi", folder + "/l2rec_ffi.py")
+ffi = importlib.util.module_from_spec(spec)
+sys.modules["l2rec_ffi"] = ffi
+spec.loader.exec_module(ffi)
+config = ffi.RecommenderConfig(model_path=model, bundle_dir=bundle, store_path=store, threads=1)
+rec = asyncio.run(ffi.Recommender.open(config))
+handle = ffi.CancelHandle()
+for obj, call in ((rec, rec.flush), (handle, handle.cancel)):
+    obj.__del__()
+    obj.__del__()
+    try:
+        call()
+        sys.exit("a released object accepted a call")
+    except ffi.L2recError.Closed:
+        pass
+del rec, handle
+gc.collect()
+print("released")
+"""
+
+
+def test_a_released_object_refuses_calls_and_is_freed_once(ffi, model_path, bundle_dir, tmp_path):
+    """An explicit `__del__` (Kotlin's `destroy()`), twice, then a call, then
+    the collector's own `__del__`: a typed `Closed`, and no double free
+    (which aborted the process before bindings/patch_python.py). In a child
+    process, because the failure it guards against is an abort."""
+    folder = Path(ffi.__file__).parent
+    args = [str(folder), str(model_path), str(bundle_dir), str(tmp_path / "store")]
+    done = subprocess.run(
+        [sys.executable, "-c", RELEASE_SCRIPT, *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "released" in done.stdout, (done.returncode, done.stderr[-500:])

@@ -315,6 +315,11 @@ def test_bad_arguments(ffi, rec, config):
         run(rec.recommend("alice", "three"))
     with pytest.raises(ValueError, match="u32"):
         run(rec.recommend("alice", -1))
+    # A record of the wrong type too (bindings/patch_python.py).
+    with pytest.raises(TypeError, match="expected Item"):
+        run(rec.upsert_items([None]))
+    with pytest.raises(TypeError, match="expected Event"):
+        run(rec.observe("alice", None))
     # Every one of these is an L2recError.
     try:
         run(rec.recommend("alice", 0))

@@ -179,4 +179,33 @@ mod tests {
         }
         crate::fuzz_seeds::write_if_asked("bundle", &seeds);
     }
+
+    /// A manifest whose sizes would overflow `3 * d_r` (or a 32-bit phone's
+    /// `usize`) is refused by name before any tensor is read.
+    #[test]
+    fn absurd_manifest_sizes_are_refused_by_name() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (_, text) = seeds(scratch.path()).into_iter().next().unwrap();
+        let good: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        for (path, value) in [
+            (&["dims", "d_r"][..], serde_json::json!(usize::MAX / 3 + 1)),
+            (&["dims", "d_phi"][..], serde_json::json!(1u64 << 40)),
+            (&["items", "count"][..], serde_json::json!(u64::MAX)),
+            (
+                &["views", "semantic", "experts"][..],
+                serde_json::json!(1000),
+            ),
+        ] {
+            let mut bad = good.clone();
+            let (last, parents) = path.split_last().unwrap();
+            let slot = parents.iter().fold(&mut bad, |v, key| &mut v[*key]);
+            slot[*last] = value;
+            let m: Manifest = serde_json::from_value(bad).unwrap();
+            let err = check_manifest(Path::new(DIR), &m).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.join(".")) && err.contains("bound"),
+                "{err}"
+            );
+        }
+    }
 }

@@ -264,6 +264,7 @@ fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
             "`render: codes` is for the behavioral view of a version 2 bundle".into(),
         ));
     }
+    check_bounds(m).map_err(invalid)?;
     let d = m.dims;
     if d.d != m.backbone.n_embd || d.d_r == 0 || d.d_phi == 0 {
         return Err(invalid(format!(
@@ -277,6 +278,40 @@ fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
         ));
     }
     Ok(())
+}
+
+/// Bounds far above any real bundle's (Gemma 3 270M: d 640; ml-100k: 1682
+/// items), so that no size computed from the manifest overflows, even on a
+/// 32-bit phone, and nothing it sizes is absurd. The fuzzer's `3 * d_r`
+/// overflow on a `d_r` near `usize::MAX / 3` is why they exist.
+const MAX_DIM: usize = 16_384;
+const MAX_ITEMS: usize = 50_000_000;
+const MAX_HISTORY: usize = 100_000;
+const MAX_EXPERTS: usize = 64;
+
+fn check_bounds(m: &Manifest) -> Result<(), String> {
+    let d = m.dims;
+    let bounds = [
+        ("dims.d", d.d, MAX_DIM),
+        ("dims.d_r", d.d_r, MAX_DIM),
+        ("dims.d_phi", d.d_phi, MAX_DIM),
+        ("items.count", m.items.count, MAX_ITEMS),
+        ("history.max_items", m.history.max_items, MAX_HISTORY),
+        (
+            "views.behavioral.experts",
+            m.views.behavioral.experts,
+            MAX_EXPERTS,
+        ),
+        (
+            "views.semantic.experts",
+            m.views.semantic.experts,
+            MAX_EXPERTS,
+        ),
+    ];
+    match bounds.iter().find(|(_, value, max)| value > max) {
+        Some((name, value, max)) => Err(format!("{name} = {value} is over its bound {max}")),
+        None => Ok(()),
+    }
 }
 
 fn check_backbone(b: &BackboneRef, model: &ModelInfo) -> Result<(), BundleError> {

@@ -104,13 +104,16 @@ pub struct Model {
 impl Model {
     /// Loads a GGUF model. The caller has verified the file (checksum, metadata):
     /// llama.cpp's own checks do not catch corrupted weights.
-    pub fn load(path: &Path) -> Result<Self, LlamaError> {
+    /// `repack` lets ggml copy quantized weights into its interleaved CPU
+    /// layouts (anonymous memory); without it every weight stays in the map.
+    pub fn load(path: &Path, repack: bool) -> Result<Self, LlamaError> {
         init_backend();
         let c_path = c_path(path)?;
         // SAFETY: returns a plain struct of defaults.
         let mut params = unsafe { sys::llama_model_default_params() };
         params.n_gpu_layers = 0;
         params.load_mode = sys::LLAMA_LOAD_MODE_MMAP;
+        params.use_extra_bufts = repack;
         // SAFETY: `c_path` is a valid C string for the call; params is by value.
         let ptr = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) };
         let ptr = NonNull::new(ptr).ok_or(LlamaError::ModelLoad)?;

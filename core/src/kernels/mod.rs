@@ -50,6 +50,9 @@ pub enum KernelError {
     KTooLarge { k: usize, max: usize },
 }
 
+/// The smallest catalog [`Scorer::auto`] considers a GPU for (see there).
+pub const GPU_MIN_ROWS: usize = 100_000;
+
 /// Where a [`Scorer`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -112,14 +115,25 @@ impl Scorer {
         })
     }
 
-    /// `L2REC_DEVICE=cpu|gpu` forces a backend; otherwise a hardware GPU if
-    /// there is one, else the CPU. A software adapter (lavapipe, SwiftShader)
-    /// is slower than the CPU kernels, so it is used only when forced. If a
-    /// forced GPU cannot be had, this logs an error and falls back to CPU.
+    /// `L2REC_DEVICE=cpu|gpu` forces a backend; otherwise a catalog of fewer
+    /// than [`GPU_MIN_ROWS`] rows is scored on the CPU without touching the
+    /// GPU at all (probing one maps its driver, tens of MB the OS counts
+    /// against the app, for a scoring pass the CPU does in well under a
+    /// millisecond), and a larger one on a hardware GPU if there is one, else
+    /// the CPU. A software adapter (lavapipe, SwiftShader) is slower than the
+    /// CPU kernels, so it is used only when forced. If a forced GPU cannot be
+    /// had, this logs an error and falls back to CPU.
     pub fn auto(catalog: CatalogMatrix) -> Self {
         let forced = Backend::from_env();
         if forced == Some(Backend::Cpu) {
             tracing::info!("scorer: CPU (L2REC_DEVICE=cpu)");
+            return Self::new_cpu(catalog);
+        }
+        if forced.is_none() && catalog.len() < GPU_MIN_ROWS {
+            tracing::info!(
+                rows = catalog.len(),
+                "scorer: CPU (a catalog this small is not worth a GPU)"
+            );
             return Self::new_cpu(catalog);
         }
         match Gpu::shared() {
