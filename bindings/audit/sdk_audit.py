@@ -31,6 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "bindings/tests/python"))
+import child_scripts  # noqa: E402
 import small_bundle  # noqa: E402
 
 CASE_TIMEOUT_S = 90
@@ -347,23 +348,6 @@ def _(env):
     assert len(outcomes) == 20, outcomes
 
 
-EXIT_SCRIPT = r"""
-import asyncio, importlib.util, sys
-folder, model, bundle, store = sys.argv[1:5]
-spec = importlib.util.spec_from_file_location("l2rec_ffi", folder + "/l2rec_ffi.py")
-ffi = importlib.util.module_from_spec(spec)
-sys.modules["l2rec_ffi"] = ffi
-spec.loader.exec_module(ffi)
-config = ffi.RecommenderConfig(model_path=model, bundle_dir=bundle, store_path=store, threads=1)
-async def main():
-    rec = await ffi.Recommender.open(config)
-    await rec.observe("u", ffi.Event(item_id="1", timestamp_ms=1, kind="view", item_text=None))
-    await rec.recommend("u", 3)
-    await rec.stats()
-    return rec
-rec = asyncio.run(main())
-"""
-
 for _i in range(10):
 
     @case(f"exit with a live Recommender after async calls #{_i + 1}", "lifecycle", "ok")
@@ -371,7 +355,7 @@ for _i in range(10):
         folder = Path(env.ffi.__file__).parent
         store = env.scratch / f"exit-{os.getpid()}-{_i}"
         done = subprocess.run(
-            [sys.executable, "-c", EXIT_SCRIPT, str(folder), str(env.model), str(env.bundle), str(store)],
+            [sys.executable, "-c", child_scripts.EXIT, str(folder), str(env.model), str(env.bundle), str(store)],
             capture_output=True, text=True, timeout=120,
         )
         assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-200:]}"

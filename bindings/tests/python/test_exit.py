@@ -12,31 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from child_scripts import EXIT, RELEASE
 from conftest import run
 
 RUNS = int(os.environ.get("L2REC_EXIT_RUNS", "50"))
-
-# Opens, makes async calls (the last one's wake-up is what used to race the
-# interpreter's exit), and exits without closing anything.
-SCRIPT = r"""
-import asyncio, importlib.util, sys
-folder, model, bundle, store = sys.argv[1:5]
-spec = importlib.util.spec_from_file_location("l2rec_ffi", folder + "/l2rec_ffi.py")
-ffi = importlib.util.module_from_spec(spec)
-sys.modules["l2rec_ffi"] = ffi
-spec.loader.exec_module(ffi)
-config = ffi.RecommenderConfig(model_path=model, bundle_dir=bundle, store_path=store, threads=1)
-
-async def main():
-    rec = await ffi.Recommender.open(config)
-    await rec.observe("u", ffi.Event(item_id="1", timestamp_ms=1, kind="view", item_text=None))
-    await rec.recommend("u", 3)
-    await rec.stats()
-    return rec
-
-rec = asyncio.run(main())
-"""
-
 
 def test_exiting_with_live_objects_never_aborts(ffi, model_path, bundle_dir, tmp_path):
     folder = Path(ffi.__file__).parent
@@ -45,7 +24,7 @@ def test_exiting_with_live_objects_never_aborts(ffi, model_path, bundle_dir, tmp
         store = tmp_path / f"store-{i}"
         args = [str(folder), str(model_path), str(bundle_dir), str(store)]
         done = subprocess.run(
-            [sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", EXIT, *args], capture_output=True, text=True, timeout=120
         )
         return i, done.returncode, done.stderr[-300:]
 
@@ -73,30 +52,6 @@ def test_a_shut_down_recommender_refuses_calls_with_a_typed_error(ffi, config):
     again.shutdown()
 
 
-RELEASE_SCRIPT = r"""
-import asyncio, gc, importlib.util, sys
-folder, model, bundle, store = sys.argv[1:5]
-spec = importlib.util.spec_from_file_location("l2rec_ffi", folder + "/l2rec_ffi.py")
-ffi = importlib.util.module_from_spec(spec)
-sys.modules["l2rec_ffi"] = ffi
-spec.loader.exec_module(ffi)
-config = ffi.RecommenderConfig(model_path=model, bundle_dir=bundle, store_path=store, threads=1)
-rec = asyncio.run(ffi.Recommender.open(config))
-handle = ffi.CancelHandle()
-for obj, call in ((rec, rec.flush), (handle, handle.cancel)):
-    obj.__del__()
-    obj.__del__()
-    try:
-        call()
-        sys.exit("a released object accepted a call")
-    except ffi.L2recError.Closed:
-        pass
-del rec, handle
-gc.collect()
-print("released")
-"""
-
-
 def test_a_released_object_refuses_calls_and_is_freed_once(ffi, model_path, bundle_dir, tmp_path):
     """An explicit `__del__` (Kotlin's `destroy()`), twice, then a call, then
     the collector's own `__del__`: a typed `Closed`, and no double free
@@ -105,6 +60,6 @@ def test_a_released_object_refuses_calls_and_is_freed_once(ffi, model_path, bund
     folder = Path(ffi.__file__).parent
     args = [str(folder), str(model_path), str(bundle_dir), str(tmp_path / "store")]
     done = subprocess.run(
-        [sys.executable, "-c", RELEASE_SCRIPT, *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", RELEASE, *args], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "released" in done.stdout, (done.returncode, done.stderr[-500:])

@@ -116,7 +116,6 @@ pub fn seeds(scratch: &std::path::Path) -> Vec<(&'static str, Vec<u8>)> {
 /// A sled key and a postcard body of `tree`, as the store writes them.
 fn record(tree: &str) -> (Vec<u8>, Vec<u8>) {
     let tag = plain_user_tag("u1");
-    let encode = |value: &dyn erased::Encode| value.encode();
     let state_key = ViewStateKey {
         view: "semantic".into(),
         history_hash: "ab".repeat(32),
@@ -161,17 +160,9 @@ fn record(tree: &str) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
-/// Postcard through a trait object, so `record` can name each type once.
-mod erased {
-    pub trait Encode {
-        fn encode(&self) -> Vec<u8>;
-    }
-
-    impl<T: serde::Serialize> Encode for T {
-        fn encode(&self) -> Vec<u8> {
-            postcard::to_allocvec(self).expect("a record serializes")
-        }
-    }
+/// A record's bytes, as the store's encoder writes them.
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("a record serializes")
 }
 
 #[cfg(test)]
