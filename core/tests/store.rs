@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use l2rec::store::{
     Durability, Event, Store, StoreConfig, StoreError, StoredItem, UserRecord, ViewStateKey,
-    DATABASE_DIR, KEYRING_FILE, SCHEMA_VERSION,
+    DATABASE_DIR, KEYRING_FILE, LEDGER_FILE, SCHEMA_VERSION,
 };
 
 const KEY: [u8; 32] = [0x5a; 32];
@@ -842,4 +842,153 @@ fn open_recovers_an_interrupted_compaction() {
     assert_eq!(store.events("alice").unwrap().len(), 20);
     assert!(!dir.path().join("sled.old").exists());
     assert!(!dir.path().join("sled.compact").exists());
+}
+
+/// `n` catalog items `m0..`.
+fn items(n: u32) -> Vec<StoredItem> {
+    (0..n)
+        .map(|row| StoredItem {
+            id: format!("m{row}"),
+            text: format!("Movie {row} (1999)"),
+            row,
+        })
+        .collect()
+}
+
+/// What a reopened store serves of one user: events and record, or the
+/// error that refused them.
+fn served(store: &Store, user: &str) -> Result<(Vec<Event>, Option<UserRecord>), StoreError> {
+    Ok((store.events(user)?, store.user(user)?))
+}
+
+/// sled drops the tail of its log silently when a byte in it is damaged or
+/// the file is cut short. The ledger beside the database catches that: over
+/// a sweep of truncations and flipped bytes, every user whose data changed
+/// is refused or reported (none lost in silence), the ledger is what
+/// reports some of them, a lost user stays reported until forgotten, and a
+/// forget is never mistaken for a loss.
+#[test]
+fn records_sled_drops_from_a_damaged_log_are_reported_by_the_ledger() {
+    let _one_store_at_a_time = serial();
+    let users = ["ann", "ben", "cid", "dee"];
+    for key in [None, Some(KEY)] {
+        let original = tempfile::tempdir().unwrap();
+        let mut before = Vec::new();
+        {
+            let store = Store::open(config(original.path(), key)).unwrap();
+            store.upsert_items(&items(40)).unwrap();
+            for (n, user) in users.iter().enumerate() {
+                fill_user(&store, user, n as f32);
+            }
+            for user in users {
+                before.push(served(&store, user).unwrap());
+            }
+        }
+        let mut by_ledger = 0;
+        let cases: Vec<(&str, f64)> = [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
+            .iter()
+            .map(|f| ("truncate", *f))
+            .chain(
+                [0.2, 0.4, 0.6, 0.75, 0.85, 0.95]
+                    .iter()
+                    .map(|f| ("flip", *f)),
+            )
+            .collect();
+        for (damage, fraction) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(original.path(), dir.path());
+            let log = dir.path().join(DATABASE_DIR).join("db");
+            let mut bytes = fs::read(&log).unwrap();
+            let at = (bytes.len() as f64 * fraction) as usize;
+            match damage {
+                "truncate" => bytes.truncate(at),
+                _ => bytes[at] ^= 0x5a,
+            }
+            fs::write(&log, bytes).unwrap();
+            let mode = if key.is_some() {
+                "encrypted"
+            } else {
+                "plaintext"
+            };
+            let case = format!("{mode}: {damage} at {fraction}");
+            let Ok(store) = Store::open(config(dir.path(), key)) else {
+                continue; // refused at open, typed: detected
+            };
+            let report = store.integrity();
+            let reported: Vec<String> = report
+                .damaged_users
+                .iter()
+                .filter_map(|u| u.user.clone())
+                .collect();
+            for (user, held) in users.iter().zip(&before) {
+                match served(&store, user) {
+                    Err(StoreError::UserDamaged { user: named, .. }) => {
+                        assert_eq!(named, *user, "{case}");
+                        assert!(reported.contains(&named), "{case}: {report:?}");
+                    }
+                    Err(other) => panic!("{case}: {user}: untyped refusal {other}"),
+                    Ok(now) => assert!(
+                        now == *held || reported.contains(&user.to_string()),
+                        "{case}: {user} lost data in silence: {report:?}"
+                    ),
+                }
+            }
+            let lost: Vec<String> = report
+                .damaged_users
+                .iter()
+                .filter(|u| u.lost_records > 0)
+                .filter_map(|u| u.user.clone())
+                .collect();
+            if lost.is_empty() {
+                continue;
+            }
+            by_ledger += 1;
+            assert!(report.summary().contains("lost"), "{}", report.summary());
+            // Reported again at the next open, until forgotten; then clean.
+            drop(store);
+            let store = Store::open(config(dir.path(), key)).unwrap();
+            let again = store.integrity();
+            for user in &lost {
+                assert!(
+                    again
+                        .damaged_users
+                        .iter()
+                        .any(|u| u.user.as_ref() == Some(user)),
+                    "{case}: {user} no longer reported: {again:?}"
+                );
+                store.forget_user(user).unwrap();
+            }
+            drop(store);
+            let store = Store::open(config(dir.path(), key)).unwrap();
+            assert!(
+                store
+                    .integrity()
+                    .damaged_users
+                    .iter()
+                    .all(|u| u.lost_records == 0),
+                "{case}: {:?}",
+                store.integrity()
+            );
+        }
+        assert!(by_ledger > 0, "no case lost records the ledger saw");
+
+        // A forget and a clean reopen are no loss; a missing ledger is said.
+        let store = Store::open(config(original.path(), key)).unwrap();
+        store.forget_user("ann").unwrap();
+        drop(store);
+        let store = Store::open(config(original.path(), key)).unwrap();
+        assert!(store.integrity().is_clean(), "{:?}", store.integrity());
+        assert!(store.integrity().ledger_problem.is_none());
+        drop(store);
+        fs::remove_file(original.path().join(LEDGER_FILE)).unwrap();
+        let store = Store::open(config(original.path(), key)).unwrap();
+        let problem = store.integrity().ledger_problem.unwrap();
+        assert!(problem.contains("missing"), "{problem}");
+        drop(store);
+        let store = Store::open(config(original.path(), key)).unwrap();
+        assert!(
+            store.integrity().ledger_problem.is_none(),
+            "rewritten at open"
+        );
+    }
 }

@@ -31,6 +31,7 @@ const KEY_CHECK_AAD: &[u8] = b"l2rec/store/key-check/v1";
 const KEY_CHECK_MSG: &[u8] = b"l2rec store master key check v1";
 const KEYRING_AAD: &[u8] = b"l2rec/store/keyring/v1";
 const RECORD_AAD: &[u8] = b"l2rec/store/record/v1";
+const LEDGER_AAD: &[u8] = b"l2rec/store/ledger/v1";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -109,6 +110,15 @@ impl MasterKeys {
     /// wrapped key moved to another user's keyring slot fails to unwrap.
     pub(crate) fn wrap(&self, tag: &UserTag, key: &DataKey) -> Vec<u8> {
         seal(&self.wrap, &keyring_aad(tag, &key.id), key.key.as_ref())
+    }
+
+    /// Seals the ledger file (it names users, so it is sealed like their records).
+    pub(crate) fn seal_ledger(&self, msg: &[u8]) -> Vec<u8> {
+        seal(&self.wrap, LEDGER_AAD, msg)
+    }
+
+    pub(crate) fn open_ledger(&self, blob: &[u8]) -> Option<Vec<u8>> {
+        open(&self.wrap, LEDGER_AAD, blob)
     }
 
     pub(crate) fn unwrap(

@@ -28,6 +28,12 @@ pub struct IntegrityReport {
     /// Damaged cached states (item text states, users' view states),
     /// dropped: they are recomputed on use.
     pub cached_states_dropped: u64,
+    /// Catalog items the ledger counted that the database no longer holds
+    /// (their ids are unknown: upsert the whole catalog again).
+    pub items_lost: u64,
+    /// Why the ledger itself could not be used (missing or damaged): losses
+    /// before this open are then not counted. `None` when it was checked.
+    pub ledger_problem: Option<String>,
 }
 
 /// A user with at least one damaged record.
@@ -38,11 +44,14 @@ pub struct DamagedUser {
     /// The first 8 bytes of the user's tag, hex (how the files key them).
     pub tag: String,
     pub damaged_records: u64,
+    /// Records the ledger shows were written that the database lost (sled
+    /// dropped the tail of its log): events, and the personal record.
+    pub lost_records: u64,
 }
 
 impl IntegrityReport {
     pub fn is_clean(&self) -> bool {
-        self.damaged_users.is_empty() && self.damaged_items.is_empty()
+        self.damaged_users.is_empty() && self.damaged_items.is_empty() && self.items_lost == 0
     }
 
     /// One line for a log: counts, and up to five names.
@@ -56,18 +65,25 @@ impl IntegrityReport {
                 None => format!("an unnamed user (tag {})", u.tag),
             })
             .collect();
+        let lost: u64 = self.damaged_users.iter().map(|u| u.lost_records).sum();
+        let ledger = match &self.ledger_problem {
+            Some(problem) => format!("; unchecked against the ledger: {problem}"),
+            None => String::new(),
+        };
         format!(
-            "{} of {} records damaged: {} user(s) [{}], {} item(s), {} cached state(s) \
-             dropped",
+            "{} of {} records damaged, {} lost: {} user(s) [{}], {} item(s) damaged, {} \
+             item(s) lost, {} cached state(s) dropped{ledger}",
             self.damaged_users
                 .iter()
                 .map(|u| u.damaged_records)
                 .sum::<u64>()
                 + self.damaged_items.len() as u64,
             self.records_checked,
+            lost + self.items_lost,
             self.damaged_users.len(),
             users.join(", "),
             self.damaged_items.len(),
+            self.items_lost,
             self.cached_states_dropped,
         )
     }
@@ -78,8 +94,12 @@ impl IntegrityReport {
 pub(crate) struct Damage {
     records_checked: u64,
     users: BTreeMap<UserTag, (Option<String>, u64)>,
+    /// Users who lost records (per the ledger): id, count, what was lost.
+    lost: BTreeMap<UserTag, (String, u64, String)>,
     items: BTreeSet<String>,
     cached_states_dropped: u64,
+    pub(crate) items_lost: u64,
+    pub(crate) ledger_problem: Option<String>,
 }
 
 impl Damage {
@@ -87,20 +107,36 @@ impl Damage {
         self.users.entry(tag).or_insert((None, 0)).1 += 1;
     }
 
+    pub(crate) fn has_damaged_records(&self, tag: &UserTag) -> bool {
+        self.users.contains_key(tag)
+    }
+
+    pub(crate) fn user_lost(&mut self, tag: UserTag, user: &str, records: u64, what: String) {
+        self.lost.insert(tag, (user.to_owned(), records, what));
+    }
+
     fn report(&self) -> IntegrityReport {
+        let tags: BTreeSet<&UserTag> = self.users.keys().chain(self.lost.keys()).collect();
+        let damaged_users = tags
+            .into_iter()
+            .map(|tag| {
+                let (named, damaged_records) = self.users.get(tag).cloned().unwrap_or((None, 0));
+                let lost = self.lost.get(tag);
+                DamagedUser {
+                    user: named.or_else(|| lost.map(|(id, _, _)| id.clone())),
+                    tag: hex::encode(&tag[..8]),
+                    damaged_records,
+                    lost_records: lost.map_or(0, |(_, n, _)| *n),
+                }
+            })
+            .collect();
         IntegrityReport {
             records_checked: self.records_checked,
-            damaged_users: self
-                .users
-                .iter()
-                .map(|(tag, (user, count))| DamagedUser {
-                    user: user.clone(),
-                    tag: hex::encode(&tag[..8]),
-                    damaged_records: *count,
-                })
-                .collect(),
+            damaged_users,
             damaged_items: self.items.iter().cloned().collect(),
             cached_states_dropped: self.cached_states_dropped,
+            items_lost: self.items_lost,
+            ledger_problem: self.ledger_problem.clone(),
         }
     }
 }
@@ -116,8 +152,13 @@ impl Store {
         self.damage.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Verifies every record; runs at open, after the orphan sweep.
-    pub(crate) fn check_integrity(&self) -> Result<(), StoreError> {
+    /// Verifies every record, then the database against the ledger; runs at
+    /// open, after the orphan sweep (`forgotten`: the users it finished).
+    pub(crate) fn check_integrity(
+        &self,
+        forgotten: &BTreeSet<UserTag>,
+        ledger_expected: bool,
+    ) -> Result<(), StoreError> {
         let trees = self.trees()?;
         let mut damage = Damage::default();
         let names = self.check_user_entries(&trees, &mut damage)?;
@@ -128,8 +169,9 @@ impl Store {
             *user = names.get(tag).cloned();
         }
         self.check_catalog(&trees, &mut damage)?;
+        self.check_ledger(&trees, &mut damage, forgotten, ledger_expected)?;
         let report = damage.report();
-        if !report.is_clean() {
+        if !report.is_clean() || report.ledger_problem.is_some() {
             tracing::warn!(path = %self.root.display(), "store damage found at open: {}", report.summary());
         }
         *self.damage_lock() = damage;
@@ -295,7 +337,22 @@ impl Store {
 
     /// The user was forgotten: their damage went with them.
     pub(crate) fn clear_damaged_user(&self, tag: &UserTag) {
-        self.damage_lock().users.remove(tag);
+        let mut damage = self.damage_lock();
+        damage.users.remove(tag);
+        damage.lost.remove(tag);
+    }
+
+    /// A user who lost records (per the ledger) is not served a truncated
+    /// history as if it were whole: their reads fail until they are forgotten.
+    pub(crate) fn refuse_if_lost(&self, tag: &UserTag, user: &str) -> Result<(), StoreError> {
+        match self.damage_lock().lost.get(tag) {
+            Some((_, _, what)) => Err(StoreError::UserDamaged {
+                path: self.root.clone(),
+                user: user.to_owned(),
+                what: what.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Items were written again: their damage is repaired.

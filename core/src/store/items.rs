@@ -22,6 +22,7 @@ impl Store {
             .items
             .apply_batch(batch)
             .map_err(|e| StoreError::db(&self.root, "writing items", e))?;
+        self.mark_catalog_changed();
         self.clear_damaged_items(items.iter().map(|i| i.id.as_str()));
         self.flush_if_immediate(&trees)
     }

@@ -227,14 +227,14 @@ pub(crate) fn write_atomically(
     bytes: &[u8],
 ) -> Result<(), StoreError> {
     let tmp = dir.join(tmp_name);
-    let mut file =
-        File::create(&tmp).map_err(|e| StoreError::io(dir, "creating the keyring temp file", e))?;
+    let mut file = File::create(&tmp)
+        .map_err(|e| StoreError::io(dir, "creating a temp file (keyring, ledger or marker)", e))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(|e| StoreError::io(dir, "writing the keyring temp file", e))?;
+        .map_err(|e| StoreError::io(dir, "writing a temp file (keyring, ledger or marker)", e))?;
     drop(file);
     fs::rename(&tmp, dir.join(name))
-        .map_err(|e| StoreError::io(dir, "replacing the keyring file", e))?;
+        .map_err(|e| StoreError::io(dir, "replacing the keyring, ledger or marker file", e))?;
     sync_dir(dir)
 }
 

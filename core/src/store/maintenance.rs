@@ -115,7 +115,9 @@ impl Store {
     ///   encrypted store no key) and no forget intent: the keyring or the
     ///   database was damaged or replaced. Nothing is deleted; open fails with
     ///   `Corrupt`, saying how many users and what to do.
-    pub(crate) fn sweep_orphans(&self) -> Result<(), StoreError> {
+    ///
+    /// Returns the users it finished forgetting.
+    pub(crate) fn sweep_orphans(&self) -> Result<BTreeSet<UserTag>, StoreError> {
         let trees = self.trees()?;
         let listed = distinct_tags(&self.root, &trees.users)?;
         let mut owners = listed.clone();
@@ -165,7 +167,7 @@ impl Store {
             tracing::info!(path = %self.root.display(), users = intents.len(), "finished forgetting users");
             trees.sync(&self.root, "flushing the sweep")?;
         }
-        Ok(())
+        Ok(intents)
     }
 }
 

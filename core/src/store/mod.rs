@@ -57,6 +57,7 @@ mod integrity;
 mod items;
 mod keyring;
 mod layout;
+mod ledger;
 mod maintenance;
 mod schema;
 mod users;
@@ -75,6 +76,7 @@ use db::{Trees, TreesGuard};
 use integrity::Damage;
 use keyring::Keyring;
 use layout::{UserTag, CHECKED, SEALED};
+use ledger::Ledger;
 
 pub use error::StoreError;
 pub use integrity::{DamagedUser, IntegrityReport};
@@ -85,6 +87,8 @@ pub use schema::SCHEMA_VERSION;
 pub const DATABASE_DIR: &str = "sled";
 /// The keyring file's name inside an encrypted store's directory.
 pub const KEYRING_FILE: &str = keyring::KEYRING_FILE;
+/// The ledger file's name inside a store directory (see `ledger`).
+pub const LEDGER_FILE: &str = ledger::LEDGER_FILE;
 
 /// The bounded-retention default for [`StoreConfig::max_events_per_user`].
 pub const DEFAULT_MAX_EVENTS_PER_USER: usize = 1000;
@@ -231,6 +235,8 @@ pub struct Store {
     check: RecordCheck,
     /// What `open` found damaged, and what reads found since.
     damage: Mutex<Damage>,
+    /// High-water marks of what was written, kept outside sled.
+    ledger: Ledger,
     user_locks: Vec<Mutex<()>>,
 }
 
@@ -254,19 +260,20 @@ impl Store {
             .map_err(|e| StoreError::io(&root, "creating the store directory", e))?;
         maintenance::recover_interrupted_compaction(&root)?;
         let trees = Trees::open(&root, &root.join(DATABASE_DIR), &config.durability)?;
-        let (protection, check) = schema::prepare(&root, &trees, master)?;
+        let prepared = schema::prepare(&root, &trees, master)?;
         let store = Store {
             root,
             durability: config.durability,
             max_events_per_user: config.max_events_per_user,
             trees: RwLock::new(Some(trees)),
-            protection,
-            check,
+            protection: prepared.protection,
+            check: prepared.check,
             damage: Mutex::new(Damage::default()),
+            ledger: Ledger::default(),
             user_locks: (0..USER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         };
-        store.sweep_orphans()?;
-        store.check_integrity()?;
+        let forgotten = store.sweep_orphans()?;
+        store.check_integrity(&forgotten, prepared.ledger_expected)?;
         if !store.is_encrypted() {
             tracing::warn!(
                 path = %store.root.display(),
@@ -286,11 +293,11 @@ impl Store {
         &self.root
     }
 
-    /// Flushes everything written so far to disk.
+    /// Flushes everything written so far to disk, and the ledger.
     pub fn flush(&self) -> Result<(), StoreError> {
         let trees = self.trees()?;
         trees.sync(&self.root, "flushing to disk")?;
-        Ok(())
+        self.write_ledger_if_dirty(&trees)
     }
 
     fn trees(&self) -> Result<TreesGuard<'_>, StoreError> {
@@ -303,10 +310,12 @@ impl Store {
         Ok(TreesGuard(guard))
     }
 
-    /// Flushes if the durability mode promises that the write is on disk.
+    /// Flushes if the durability mode promises that the write is on disk
+    /// (and then the ledger, once a second at most).
     fn flush_if_immediate(&self, trees: &Trees) -> Result<(), StoreError> {
         if self.durability == Durability::Immediate {
             trees.sync(&self.root, "flushing to disk")?;
+            self.write_ledger_if_due(trees)?;
         }
         Ok(())
     }
@@ -420,6 +429,16 @@ impl Store {
         bytes: &[u8],
     ) -> Result<T, String> {
         self.open_frame(&UserKey::Plain, tree, record_key, bytes)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The ledger's last word for this session: what was written, synced.
+        let Ok(trees) = self.trees() else { return };
+        if let Err(e) = self.write_ledger_if_dirty(&trees) {
+            tracing::warn!(path = %self.root.display(), "writing the ledger at close: {e}");
+        }
     }
 }
 

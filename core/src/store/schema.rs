@@ -8,6 +8,9 @@
 //!   catalog in both modes, per-user records in plaintext stores), under the
 //!   random `check_key` in `meta`; the store directory holds a marker file,
 //!   so a lost database is told apart from a new store.
+//! - 3: the store keeps a ledger file beside the database (see `ledger`);
+//!   the database itself is unchanged, so the step only stamps the version.
+//!   From version 3 on, a missing ledger is reported.
 //!
 //! A store newer than [`SCHEMA_VERSION`] is refused (an older build must not
 //! write a layout it does not understand). An older one is migrated one step
@@ -28,13 +31,18 @@ use super::layout::{
 use super::{Protection, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// One migration step, applied to an open database.
 type Migration = fn(&Path, &Trees) -> Result<(), StoreError>;
 
 /// Migration steps: `MIGRATIONS[v]` turns a version-`v` store into `v + 1`.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1, v1_to_v2];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [v0_to_v1, v1_to_v2, v2_to_v3];
+
+/// Version 3: the ledger is written by the open that follows.
+fn v2_to_v3(_root: &Path, _trees: &Trees) -> Result<(), StoreError> {
+    Ok(())
+}
 
 /// Version 0 stores were plaintext and had no mode record.
 fn v0_to_v1(root: &Path, trees: &Trees) -> Result<(), StoreError> {
@@ -134,25 +142,40 @@ fn read_check_key(root: &Path, trees: &Trees) -> Result<Option<RecordCheck>, Sto
         .transpose()
 }
 
+/// What an open store is made of, once its schema is current.
+pub(crate) struct Prepared {
+    /// How per-user data is protected.
+    pub(crate) protection: Protection,
+    /// The store's checksum key.
+    pub(crate) check: RecordCheck,
+    /// The store was at schema 3 or later before this open, so it should
+    /// have a ledger file.
+    pub(crate) ledger_expected: bool,
+}
+
 /// Brings the store to the current schema (creating it if empty) and checks
-/// the master key; returns how per-user data is protected and the store's
-/// checksum key.
+/// the master key.
 pub(crate) fn prepare(
     root: &Path,
     trees: &Trees,
     master: Option<MasterKeys>,
-) -> Result<(Protection, RecordCheck), StoreError> {
+) -> Result<Prepared, StoreError> {
     let prepared = prepare_database(root, trees, master)?;
     write_marker(root)?;
     Ok(prepared)
 }
 
+/// The first schema version that keeps a ledger.
+const LEDGER_SINCE: u32 = 3;
+
 fn prepare_database(
     root: &Path,
     trees: &Trees,
     master: Option<MasterKeys>,
-) -> Result<(Protection, RecordCheck), StoreError> {
-    match read_version(root, trees)? {
+) -> Result<Prepared, StoreError> {
+    let found = read_version(root, trees)?;
+    let ledger_expected = found.is_some_and(|v| v >= LEDGER_SINCE);
+    match found {
         None => {
             if !is_empty(root, trees)? {
                 return Err(StoreError::corrupt(
@@ -171,7 +194,12 @@ fn prepare_database(
                     ),
                 ));
             }
-            return create(root, trees, master);
+            let (protection, check) = create(root, trees, master)?;
+            return Ok(Prepared {
+                protection,
+                check,
+                ledger_expected,
+            });
         }
         Some(found) if found > SCHEMA_VERSION => {
             return Err(StoreError::SchemaTooNew {
@@ -185,7 +213,11 @@ fn prepare_database(
     }
     let check = read_check_key(root, trees)?
         .ok_or_else(|| StoreError::corrupt(root, "the checksum key record is missing"))?;
-    Ok((protection(root, trees, master)?, check))
+    Ok(Prepared {
+        protection: protection(root, trees, master)?,
+        check,
+        ledger_expected,
+    })
 }
 
 /// Marks the directory as holding a store (once its database exists).

@@ -19,6 +19,7 @@ impl Store {
         let Some(key) = self.read_key(&tag)? else {
             return Ok(None);
         };
+        self.refuse_if_lost(&tag, user)?;
         let value = trees
             .user_records
             .get(tag)
@@ -39,6 +40,7 @@ impl Store {
                 .user_records
                 .insert(tag, value)
                 .map_err(|e| StoreError::db(&self.root, "writing a user record", e))?;
+            self.mark_record(&tag, user, record.version);
         }
         self.flush_if_immediate(&trees)
     }
@@ -53,7 +55,9 @@ impl Store {
         let seq = {
             let _lock = self.lock_user(&tag);
             let key = self.ensure_user(&trees, &tag, user)?;
-            self.append_locked(&trees, &tag, &key, event)?
+            let seq = self.append_locked(&trees, &tag, &key, event)?;
+            self.mark_event(&tag, user, seq);
+            seq
         };
         // Flushed outside the user lock: sled's flush covers every write made
         // before it, and concurrent appenders share one fsync.
@@ -96,7 +100,7 @@ impl Store {
     }
 
     /// The first and last sequence numbers in the user's log.
-    fn seq_bounds(
+    pub(crate) fn seq_bounds(
         &self,
         trees: &Trees,
         tag: &UserTag,
@@ -128,6 +132,7 @@ impl Store {
         let Some(key) = self.read_key(&tag)? else {
             return Ok(Vec::new());
         };
+        self.refuse_if_lost(&tag, user)?;
         let mut events = Vec::new();
         for entry in trees.events.scan_prefix(tag) {
             let (record_key, value) =
@@ -199,8 +204,8 @@ impl Store {
         Ok((entry.key == *key).then_some(entry.state))
     }
 
-    /// Forgets a user: destroys their data key (encrypted stores), then
-    /// deletes every record, then flushes. Forgetting an unknown user is not an
+    /// Forgets a user: drops them from the ledger, destroys their data key
+    /// (encrypted stores), then deletes every record, then flushes. Forgetting an unknown user is not an
     /// error. In an encrypted store, what sled keeps of the deleted records is
     /// ciphertext whose key no longer exists anywhere in the store's files. In
     /// a plaintext store sled may keep the deleted bytes in its log until the
@@ -218,6 +223,10 @@ impl Store {
             .insert(intent.as_slice(), &[][..])
             .map_err(|e| StoreError::db(&self.root, "recording a forget", e))?;
         trees.sync(&self.root, "recording a forget")?;
+        // The ledger without the user before any record goes, so that a
+        // forget is never counted as a loss at the next open.
+        self.unmark_user(&tag);
+        self.write_ledger(&trees)?;
         // Shred next: once the key is gone, nothing left can be read.
         if let Protection::Encrypted { keyring, .. } = &self.protection {
             keyring
