@@ -28,6 +28,11 @@ pub struct EngineArgs {
     pub events: usize,
     #[arg(long)]
     pub threads: Option<u32>,
+    /// Bench this bundle (e.g. bundles/ml-100k). Without it, a zero-shot
+    /// bundle with random experts is built first and benched in a fresh
+    /// process, so the builder's memory is not counted as the engine's.
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
 }
 
 fn percentile(times: &mut [Duration], p: f64) -> f64 {
@@ -138,14 +143,23 @@ fn observe_p50(engine: &Engine, user: &str, data: &Dataset, n: usize) -> anyhow:
 }
 
 pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
+    match &args.bundle {
+        Some(bundle) => measure(args, bundle),
+        None => build_then_measure(args),
+    }
+}
+
+/// Builds the random-expert bundle, then benches it in a child process: the
+/// builder's second backbone and allocations would otherwise stay in this
+/// process's dirty memory (the allocator keeps freed pages) and be counted.
+fn build_then_measure(args: &EngineArgs) -> anyhow::Result<()> {
     let model = l2rec_dev::assets::model_path()?;
-    let memory = MemorySampler::start(&model, Duration::from_millis(10));
     let info = ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
     let data = Dataset::load_ml100k(&l2rec_dev::assets::ml100k_dir()?)?;
     let tmp = tempfile::tempdir()?;
     let bundle = {
         let backbone = Backbone::open_verified(
-            info.clone(),
+            info,
             BackboneConfig {
                 threads: args.threads,
                 ..Default::default()
@@ -153,6 +167,33 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
         )?;
         bench_bundle(&backbone, &data, &tmp.path().join("bundle"))?
     };
+    let mut child = std::process::Command::new(std::env::current_exe()?);
+    child.args(["bench", "engine", "--warm", &args.warm.to_string()]);
+    child.args(["--events", &args.events.to_string()]);
+    child.arg("--bundle").arg(&bundle);
+    if args.json {
+        child.arg("--json");
+    }
+    if let Some(threads) = args.threads {
+        child.args(["--threads", &threads.to_string()]);
+    }
+    let status = child
+        .status()
+        .context("running the bench in a fresh process")?;
+    anyhow::ensure!(status.success(), "the bench process failed: {status}");
+    Ok(())
+}
+
+/// The bench proper, on `bundle`, in this process.
+fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
+    let model = l2rec_dev::assets::model_path()?;
+    let memory = MemorySampler::start(&model, Duration::from_millis(10));
+    let info = ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
+    memory.phase("dataset");
+    let data = Dataset::load_ml100k(&l2rec_dev::assets::ml100k_dir()?)?;
+    let tmp = tempfile::tempdir()?;
+    let bundle = bundle.to_owned();
+    memory.phase("open");
     let engine = open_engine(
         &model,
         &bundle,
@@ -171,6 +212,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     for (t, &r) in history[..20].iter().enumerate() {
         engine.observe("bench", &event(&data.catalog.ids[r as usize], t as i64))?;
     }
+    memory.phase("recommend");
     let started = Instant::now();
     engine.recommend("bench", 10, RecommendOptions::default())?;
     let cold = started.elapsed().as_secs_f64() * 1e3;
@@ -186,6 +228,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     engine.recommend("bench", 10, RecommendOptions::default())?;
     let appended = started.elapsed().as_secs_f64() * 1e3;
 
+    memory.phase("personalize");
     let started = Instant::now();
     let report = engine.personalize(
         "bench",
@@ -194,6 +237,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     )?;
     let personalize = started.elapsed().as_secs_f64() * 1e3;
 
+    memory.phase("observe");
     let observe_immediate = observe_p50(&engine, "observer", &data, args.events)?;
     engine.flush()?;
     let stats = engine.stats()?;
@@ -229,6 +273,12 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
         "file_model_mb": mib(peaks.at_rss_peak.file_model),
         "file_other_mb": mib(peaks.at_rss_peak.file_other),
         "memory_samples": peaks.samples,
+        // Which step holds it: the dirty peak of each phase, in order.
+        "dirty_peak_by_phase_mb": peaks
+            .dirty_by_phase
+            .iter()
+            .map(|(phase, dirty)| (phase.to_string(), json!(mib(*dirty))))
+            .collect::<serde_json::Map<_, _>>(),
         "model_bytes": info.file_bytes,
         "catalog_bytes": catalog_bytes,
         "rss_budget_mb": 1.3 * (info.file_bytes as f64 + catalog_bytes as f64) / (1024.0 * 1024.0),
@@ -237,6 +287,10 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
         "scorer": stats.scorer,
         "threads": args.threads.unwrap_or_else(l2rec::backbone::default_threads),
         "repack_weights": l2rec::backbone::default_repack(),
+        "bundle": bundle.display().to_string(),
+        // glibc's mmap threshold pinned (l2rec_dev::allocator), as a phone's
+        // allocator behaves; L2REC_GLIBC_MALLOC=default measures without.
+        "malloc_mmap_threshold_pinned": l2rec_dev::allocator::pin_mmap_threshold(),
         "load_avg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     });
     if args.json {

@@ -60,6 +60,8 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    // Before anything allocates: see l2rec_dev::allocator.
+    l2rec_dev::allocator::pin_mmap_threshold();
     init_tracing();
     let cli = Cli::parse();
     let result = match &cli.command {

@@ -6,13 +6,16 @@
 //! - `zeroshot`: a bundle built without training (PCA of item text states);
 //! - `random`: reproducible random values and random LoRA experts;
 //! - `f16`: an F16 copy of a GGUF backbone for exact-math tests;
-//! - `memory`: the memory a phone counts (dirty, model, other files), sampled.
+//! - `memory`: the memory a phone counts (dirty, model, other files), sampled;
+//! - `allocator`: the glibc setting the command line runs under (its one
+//!   unsafe call, a named room).
 //!
 //! The bare llama.cpp loop the backbone bench compares against stays in
 //! `l2rec::ffi` (it needs the FFI room), behind `l2rec`'s `bench` feature,
 //! which this crate turns on.
 #![deny(unsafe_code)]
 
+pub mod allocator;
 pub mod assets;
 pub mod f16;
 pub mod memory;

@@ -76,13 +76,16 @@ pub struct MemorySampler {
 }
 
 /// What [`MemorySampler::finish`] returns.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Peaks {
     /// The largest dirty total seen.
     pub dirty: u64,
     /// The sample with the largest resident total.
     pub at_rss_peak: MemorySample,
     pub samples: usize,
+    /// The largest dirty total seen in each phase (see
+    /// [`MemorySampler::phase`]), in the order the phases began.
+    pub dirty_by_phase: Vec<(&'static str, u64)>,
 }
 
 impl MemorySampler {
@@ -99,6 +102,9 @@ impl MemorySampler {
                     let mut peaks = p.lock().unwrap_or_else(|e| e.into_inner());
                     peaks.samples += 1;
                     peaks.dirty = peaks.dirty.max(sample.dirty);
+                    if let Some((_, dirty)) = peaks.dirty_by_phase.last_mut() {
+                        *dirty = (*dirty).max(sample.dirty);
+                    }
                     if sample.rss > peaks.at_rss_peak.rss {
                         peaks.at_rss_peak = sample;
                     }
@@ -113,13 +119,20 @@ impl MemorySampler {
         }
     }
 
+    /// Starts a named phase: later samples count toward its peak, so a
+    /// report can say which step holds the memory.
+    pub fn phase(&self, name: &'static str) {
+        let mut peaks = self.peaks.lock().unwrap_or_else(|e| e.into_inner());
+        peaks.dirty_by_phase.push((name, 0));
+    }
+
     /// Stops sampling; `None` where no sample could be read (not Linux).
     pub fn finish(mut self) -> Option<Peaks> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let peaks = *self.peaks.lock().unwrap_or_else(|e| e.into_inner());
+        let peaks = self.peaks.lock().unwrap_or_else(|e| e.into_inner()).clone();
         (peaks.samples > 0).then_some(peaks)
     }
 }

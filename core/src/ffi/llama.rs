@@ -270,7 +270,11 @@ extern "C" fn capture_result_norm(t: *mut sys::ggml_tensor, ask: bool, data: *mu
             rows * capture.n_embd * std::mem::size_of::<f32>(),
         )
     };
-    true
+    // Stop the graph here: what follows `result_norm` is only the 262k-word
+    // output layer, whose logits nobody reads (ggml's scheduler ends the
+    // compute when the callback returns false; the KV cache was written by
+    // the layers before). Measured: see docs/RESULTS.md (output layer skipped).
+    false
 }
 
 /// A llama.cpp context that outputs final hidden states (after the output norm)

@@ -3,8 +3,11 @@
 //!
 //! # Layout on disk
 //! A store is a directory holding `sled/` (the database, see `layout` for its
-//! trees) and, for an encrypted store, `keyring.json` (the wrapped per-user data
-//! keys, kept out of sled on purpose: see `keyring`).
+//! trees), `l2rec-store.json` (the marker: a store was created here),
+//! `ledger.bin` (high-water marks of what was written, so that records sled
+//! drops from a damaged log are counted: see `ledger`) and, for an encrypted
+//! store, `keyring.json` (the wrapped per-user data keys, kept out of sled on
+//! purpose: see `keyring`).
 //!
 //! # Encryption
 //! With a master key, every per-user record (user record, events, view states,
