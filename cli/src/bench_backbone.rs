@@ -149,6 +149,9 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
         n_ctx: config.n_ctx,
         n_batch: config.n_batch,
         threads,
+        kv_cache: config
+            .kv_cache
+            .unwrap_or_else(l2rec::backbone::default_kv_cache),
     };
     let raw = median(bench_raw_decode(bb.model(), params, &tokens, args.reps + 1)?[1..].to_vec());
     let engine = time(args.reps, || Ok(session.state_fresh(&tokens).map(drop)?))?;

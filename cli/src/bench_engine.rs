@@ -237,6 +237,23 @@ fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
     )?;
     let personalize = started.elapsed().as_secs_f64() * 1e3;
 
+    // The longest prompts the bundle allows: `history.max_items` items of the
+    // user with the most, served cold (the sessions grow to fit them).
+    memory.phase("full history");
+    let longest = data
+        .histories
+        .iter()
+        .max_by_key(|h| h.rows.len())
+        .context("a user")?;
+    let max_items = Bundle::read_manifest(&bundle)?.history.max_items;
+    let full = &longest.rows[longest.rows.len().saturating_sub(max_items)..];
+    for (t, &r) in full.iter().enumerate() {
+        engine.observe("full", &event(&data.catalog.ids[r as usize], t as i64))?;
+    }
+    let started = Instant::now();
+    engine.recommend("full", 10, RecommendOptions::default())?;
+    let full_cold = started.elapsed().as_secs_f64() * 1e3;
+
     memory.phase("observe");
     let observe_immediate = observe_p50(&engine, "observer", &data, args.events)?;
     engine.flush()?;
@@ -263,6 +280,8 @@ fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
         "recommend_warm_p95_ms": percentile(&mut warm, 0.95),
         "recommend_cold_ms": cold,
         "recommend_after_one_event_ms": appended,
+        "recommend_full_history_cold_ms": full_cold,
+        "full_history_items": full.len(),
         "observe_p50_ms": {"immediate": observe_immediate, "batched": observe_batched},
         "personalize_ms": personalize,
         "personalize": report,
@@ -287,6 +306,7 @@ fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
         "scorer": stats.scorer,
         "threads": args.threads.unwrap_or_else(l2rec::backbone::default_threads),
         "repack_weights": l2rec::backbone::default_repack(),
+        "kv_cache": format!("{:?}", l2rec::backbone::default_kv_cache()),
         "bundle": bundle.display().to_string(),
         // glibc's mmap threshold pinned (l2rec_dev::allocator), as a phone's
         // allocator behaves; L2REC_GLIBC_MALLOC=default measures without.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::ffi::gguf::{GgufError, GgufFile};
+pub use crate::ffi::llama::KvCache;
 pub use crate::ffi::llama::Token;
 use crate::ffi::llama::{Adapter, Context, ContextParams, LlamaError, Model};
 
@@ -135,17 +136,23 @@ pub struct BackboneConfig {
     pub expected_sha256: Option<String>,
     /// Threads per session; `None` picks [`default_threads`].
     pub threads: Option<u32>,
-    /// Tokens a session can hold (prompt length limit). Each token costs
-    /// 18 KiB of KV cache on Gemma 3 270M; 1024 holds 50 typical titles.
+    /// Tokens a session can hold (prompt length limit); 1024 holds 50 typical
+    /// titles. A session starts at [`INITIAL_CELLS`] and grows to fit its
+    /// longest prompt, up to this: each token costs 18 KiB of KV cache on
+    /// Gemma 3 270M in f16, 8.5 KiB in q8_0.
     pub n_ctx: u32,
     /// Tokens per llama.cpp decode call; longer prompts are split. Bounds the
-    /// compute buffer llama.cpp reserves.
+    /// compute buffer llama.cpp reserves: 64 tokens need 3 MiB, 256 need 12
+    /// (most of it written at every call, so dirty), at the same speed on one
+    /// thread (docs/RESULTS.md, "On-device cost").
     pub n_batch: u32,
     /// Let ggml repack quantized weights into its interleaved CPU layouts
     /// (faster matrix products, but a copy of those weights in anonymous
     /// memory, which a phone counts against the app); off, every weight is
     /// read from the mapped file. `None` picks [`default_repack`].
     pub repack_weights: Option<bool>,
+    /// The KV cache's type; `None` picks [`default_kv_cache`].
+    pub kv_cache: Option<KvCache>,
 }
 
 impl Default for BackboneConfig {
@@ -154,8 +161,9 @@ impl Default for BackboneConfig {
             expected_sha256: None,
             threads: None,
             n_ctx: 1024,
-            n_batch: 256,
+            n_batch: 64,
             repack_weights: None,
+            kv_cache: None,
         }
     }
 }
@@ -188,6 +196,21 @@ pub fn default_repack() -> bool {
         _ => true,
     }
 }
+
+/// The KV cache type by default, q8_0: `L2REC_KV_CACHE=f16|q8_0` overrides.
+pub fn default_kv_cache() -> KvCache {
+    match std::env::var("L2REC_KV_CACHE")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("f16") => KvCache::F16,
+        _ => KvCache::Q8_0,
+    }
+}
+
+/// Tokens a new session holds before its first longer prompt grows it.
+pub const INITIAL_CELLS: u32 = 256;
 
 /// The loaded, verified backbone. Cheap to clone; shareable across threads.
 #[derive(Clone)]
@@ -246,24 +269,32 @@ impl Backbone {
         })
     }
 
-    /// A new evaluation session (a llama.cpp context with its own KV cache).
+    /// A new evaluation session (a llama.cpp context with its own KV cache),
+    /// holding [`INITIAL_CELLS`] tokens until a longer prompt grows it.
     pub fn session(&self) -> Result<Session, BackboneError> {
         let params = ContextParams {
-            n_ctx: self.config.n_ctx,
+            n_ctx: INITIAL_CELLS.min(self.config.n_ctx),
             n_batch: self.config.n_batch,
             threads: self.config.threads.unwrap_or_else(default_threads),
+            kv_cache: self.config.kv_cache.unwrap_or_else(default_kv_cache),
         };
-        let ctx = Context::new(&self.model, params).map_err(|source| BackboneError::Llama {
-            path: self.info.path.clone(),
-            source,
-        })?;
+        let ctx = Context::new(&self.model, params).map_err(|e| self.llama_error(e))?;
         Ok(Session {
             ctx,
+            max_cells: self.config.n_ctx,
+            model_path: self.info.path.clone(),
             cached: Vec::new(),
             last_state: None,
             mixture: Vec::new(),
             evaluated: 0,
         })
+    }
+
+    fn llama_error(&self, source: LlamaError) -> BackboneError {
+        BackboneError::Llama {
+            path: self.info.path.clone(),
+            source,
+        }
     }
 
     /// The underlying llama.cpp model, for benchmarks that bypass the session.
@@ -305,6 +336,9 @@ impl CancelHandle {
 /// the tokens after the shared prefix.
 pub struct Session {
     ctx: Context,
+    /// The context's size limit (the backbone's `n_ctx`).
+    max_cells: u32,
+    model_path: PathBuf,
     cached: Vec<Token>,
     last_state: Option<Vec<f32>>,
     mixture: Vec<(u64, f32)>,
@@ -338,6 +372,36 @@ impl Session {
         self.last_state = None;
     }
 
+    /// Tokens the session holds now (it grows up to the backbone's `n_ctx`).
+    pub fn cells(&self) -> u32 {
+        self.ctx.params().n_ctx
+    }
+
+    /// Grows the context to hold `tokens` with a quarter to spare (in steps of
+    /// 128, up to `max_cells`), dropping the cache; a prompt longer than
+    /// `max_cells` is left to the decode, which refuses it. Allocating the KV
+    /// cache for the prompts a user has, rather than for the longest allowed,
+    /// is most of the memory a short history saves.
+    fn reserve(&mut self, tokens: usize) -> Result<(), BackboneError> {
+        let cells = self.cells() as usize;
+        if tokens <= cells || cells >= self.max_cells as usize {
+            return Ok(());
+        }
+        let wanted = (tokens + tokens / 4).div_ceil(128) * 128;
+        let grown = wanted.min(self.max_cells as usize) as u32;
+        let ctx = self
+            .ctx
+            .resized(grown)
+            .map_err(|source| BackboneError::Llama {
+                path: self.model_path.clone(),
+                source,
+            })?;
+        self.ctx = ctx;
+        self.cached.clear();
+        self.last_state = None;
+        Ok(())
+    }
+
     /// Tokens llama.cpp evaluated in the last call (0 for a cache hit).
     pub fn tokens_evaluated_last(&self) -> usize {
         self.evaluated
@@ -365,6 +429,7 @@ impl Session {
         if tokens.is_empty() {
             return Err(BackboneError::EmptyPrompt);
         }
+        self.reserve(tokens.len())?;
         let mut shared = common_prefix(&self.cached, tokens);
         if shared == tokens.len() && shared == self.cached.len() {
             if let Some(state) = &self.last_state {
@@ -387,6 +452,7 @@ impl Session {
         if tokens.is_empty() {
             return Err(BackboneError::EmptyPrompt);
         }
+        self.reserve(tokens.len())?;
         self.ctx.clear();
         self.eval_suffix(tokens, 0)
     }
@@ -398,6 +464,7 @@ impl Session {
         tokens: &[Token],
         positions: &[usize],
     ) -> Result<Vec<Vec<f32>>, BackboneError> {
+        self.reserve(tokens.len())?;
         self.ctx.clear();
         self.cached.clear();
         self.last_state = None;

@@ -223,6 +223,37 @@ pub struct ContextParams {
     pub n_ctx: u32,
     pub n_batch: u32,
     pub threads: u32,
+    pub kv_cache: KvCache,
+}
+
+/// The KV cache's element type, and with it the attention kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCache {
+    /// 8-bit blocks (34 bytes per 32 values): 47% of the f16 cache. llama.cpp
+    /// reads a quantized V cache only through flash attention, so this mode
+    /// turns it on.
+    #[default]
+    Q8_0,
+    /// 16-bit floats and the plain attention kernel, whose arithmetic does not
+    /// depend on how a prompt was split into calls: on unquantized weights an
+    /// appended prompt gives the same state as a re-encode (to 1e-4).
+    F16,
+}
+
+impl KvCache {
+    fn ggml_type(self) -> sys::ggml_type {
+        match self {
+            KvCache::Q8_0 => sys::GGML_TYPE_Q8_0,
+            KvCache::F16 => sys::GGML_TYPE_F16,
+        }
+    }
+
+    fn flash_attention(self) -> sys::llama_flash_attn_type {
+        match self {
+            KvCache::Q8_0 => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            KvCache::F16 => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }
+    }
 }
 
 /// Most hidden states one decode call returns. Bounds the logits buffers
@@ -291,8 +322,9 @@ pub struct Context {
     // Read by the bench's raw decode loop only.
     #[cfg_attr(not(feature = "bench"), allow(dead_code))]
     n_embd: usize,
-    // The adapters currently set, kept alive while llama.cpp refers to them.
-    adapters: Vec<Adapter>,
+    // The mixture currently set, its adapters kept alive while llama.cpp
+    // refers to them.
+    adapters: Vec<(Adapter, f32)>,
     // Read by llama.cpp's abort callback between graph nodes; boxed for a
     // stable address.
     abort: Box<AbortFlags>,
@@ -332,10 +364,41 @@ extern "C" fn abort_if_cancelled(data: *mut c_void) -> bool {
 
 impl Context {
     pub fn new(model: &Model, params: ContextParams) -> Result<Self, LlamaError> {
-        let abort = Box::new(AbortFlags {
+        let abort = AbortFlags {
             own: Arc::new(AtomicBool::new(false)),
             call: Mutex::new(None),
-        });
+        };
+        Self::with_abort(model, params, Box::new(abort))
+    }
+
+    /// A new context like this one holding `n_ctx` tokens: the same model,
+    /// threads, mixture and cancel flags (a [`Context::cancel_flag`] taken
+    /// from this one stops the new one too), an empty cache.
+    pub fn resized(&self, n_ctx: u32) -> Result<Self, LlamaError> {
+        let abort = AbortFlags {
+            own: self.abort.own.clone(),
+            call: Mutex::new(
+                self.abort
+                    .call
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
+        };
+        let params = ContextParams {
+            n_ctx,
+            ..self.params
+        };
+        let mut ctx = Self::with_abort(&self.model, params, Box::new(abort))?;
+        ctx.set_adapters(&self.adapters)?;
+        Ok(ctx)
+    }
+
+    fn with_abort(
+        model: &Model,
+        params: ContextParams,
+        abort: Box<AbortFlags>,
+    ) -> Result<Self, LlamaError> {
         let mut capture = Box::new(Capture {
             n_embd: model.n_embd(),
             rows: Vec::new(),
@@ -353,9 +416,9 @@ impl Context {
         cp.embeddings = false;
         cp.cb_eval = Some(capture_result_norm);
         cp.cb_eval_user_data = (&mut *capture as *mut Capture).cast();
-        // Flash attention changes the arithmetic with the batch layout; off keeps
-        // appended and re-encoded states equal on unquantized weights.
-        cp.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        cp.type_k = params.kv_cache.ggml_type();
+        cp.type_v = params.kv_cache.ggml_type();
+        cp.flash_attn_type = params.kv_cache.flash_attention();
         // A full-size sliding-window cache lets us roll the sequence back to any
         // shared prefix instead of re-encoding it.
         cp.swa_full = true;
@@ -434,7 +497,7 @@ impl Context {
         if rc != 0 {
             return Err(LlamaError::SetAdapters(rc));
         }
-        self.adapters = mixture.iter().map(|(a, _)| a.clone()).collect();
+        self.adapters = mixture.to_vec();
         Ok(())
     }
 

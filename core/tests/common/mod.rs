@@ -37,6 +37,11 @@ pub fn backbone() -> Backbone {
 
 /// An F16 copy of the backbone, made once into the asset cache.
 pub fn f16_backbone() -> Backbone {
+    f16_backbone_with(config())
+}
+
+/// [`f16_backbone`] under `config`.
+pub fn f16_backbone_with(config: BackboneConfig) -> Backbone {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     let path = PATH.get_or_init(|| {
         let info = model_info();
@@ -48,7 +53,7 @@ pub fn f16_backbone() -> Backbone {
         }
         path
     });
-    Backbone::open(path, config()).expect("open the F16 backbone")
+    Backbone::open(path, config).expect("open the F16 backbone")
 }
 
 pub fn dataset() -> Dataset {
