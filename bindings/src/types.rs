@@ -306,6 +306,12 @@ pub struct Stats {
     pub damaged_users: Vec<String>,
     /// Catalog items whose record is damaged: upsert them again.
     pub damaged_items: Vec<String>,
+    /// Catalog items the store lost without a trace of their ids (counted by
+    /// its ledger): upsert the whole catalog again.
+    pub items_lost: u64,
+    /// Why the store could not check itself against its ledger at open
+    /// (missing or damaged): earlier losses went uncounted. Null when it did.
+    pub ledger_problem: Option<String>,
 }
 
 impl From<core::Stats> for Stats {
@@ -320,6 +326,8 @@ impl From<core::Stats> for Stats {
             scorer: s.scorer,
             damaged_users: s.damaged_users,
             damaged_items: s.damaged_items,
+            items_lost: s.items_lost,
+            ledger_problem: s.ledger_problem,
         }
     }
 }

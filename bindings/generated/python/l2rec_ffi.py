@@ -2231,7 +2231,7 @@ class _UniffiFfiConverterTypeRecommenderConfig(_UniffiConverterRustBuffer):
 
 @dataclass
 class Stats:
-    def __init__(self, *, users:int, catalog_items:int, cold_items:int, store_encrypted:bool, store_bytes_on_disk:int, store_live_bytes:int, scorer:str, damaged_users:typing.List[str], damaged_items:typing.List[str]):
+    def __init__(self, *, users:int, catalog_items:int, cold_items:int, store_encrypted:bool, store_bytes_on_disk:int, store_live_bytes:int, scorer:str, damaged_users:typing.List[str], damaged_items:typing.List[str], items_lost:int, ledger_problem:typing.Optional[str]):
         self.users = users
         self.catalog_items = catalog_items
         self.cold_items = cold_items
@@ -2241,12 +2241,14 @@ class Stats:
         self.scorer = scorer
         self.damaged_users = damaged_users
         self.damaged_items = damaged_items
+        self.items_lost = items_lost
+        self.ledger_problem = ledger_problem
         
         
 
     
     def __str__(self):
-        return "Stats(users={}, catalog_items={}, cold_items={}, store_encrypted={}, store_bytes_on_disk={}, store_live_bytes={}, scorer={}, damaged_users={}, damaged_items={})".format(self.users, self.catalog_items, self.cold_items, self.store_encrypted, self.store_bytes_on_disk, self.store_live_bytes, self.scorer, self.damaged_users, self.damaged_items)
+        return "Stats(users={}, catalog_items={}, cold_items={}, store_encrypted={}, store_bytes_on_disk={}, store_live_bytes={}, scorer={}, damaged_users={}, damaged_items={}, items_lost={}, ledger_problem={})".format(self.users, self.catalog_items, self.cold_items, self.store_encrypted, self.store_bytes_on_disk, self.store_live_bytes, self.scorer, self.damaged_users, self.damaged_items, self.items_lost, self.ledger_problem)
     def __eq__(self, other):
         if self.users != other.users:
             return False
@@ -2266,6 +2268,10 @@ class Stats:
             return False
         if self.damaged_items != other.damaged_items:
             return False
+        if self.items_lost != other.items_lost:
+            return False
+        if self.ledger_problem != other.ledger_problem:
+            return False
         return True
 
 class _UniffiFfiConverterTypeStats(_UniffiConverterRustBuffer):
@@ -2281,6 +2287,8 @@ class _UniffiFfiConverterTypeStats(_UniffiConverterRustBuffer):
             scorer=_UniffiFfiConverterString.read(buf),
             damaged_users=_UniffiFfiConverterSequenceString.read(buf),
             damaged_items=_UniffiFfiConverterSequenceString.read(buf),
+            items_lost=_UniffiFfiConverterUInt64.read(buf),
+            ledger_problem=_UniffiFfiConverterOptionalString.read(buf),
         )
 
     @staticmethod
@@ -2296,6 +2304,8 @@ class _UniffiFfiConverterTypeStats(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.check_lower(value.scorer)
         _UniffiFfiConverterSequenceString.check_lower(value.damaged_users)
         _UniffiFfiConverterSequenceString.check_lower(value.damaged_items)
+        _UniffiFfiConverterUInt64.check_lower(value.items_lost)
+        _UniffiFfiConverterOptionalString.check_lower(value.ledger_problem)
 
     @staticmethod
     def write(value, buf):
@@ -2308,6 +2318,8 @@ class _UniffiFfiConverterTypeStats(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.write(value.scorer, buf)
         _UniffiFfiConverterSequenceString.write(value.damaged_users, buf)
         _UniffiFfiConverterSequenceString.write(value.damaged_items, buf)
+        _UniffiFfiConverterUInt64.write(value.items_lost, buf)
+        _UniffiFfiConverterOptionalString.write(value.ledger_problem, buf)
 
 @dataclass
 class StoredEvent:

@@ -2199,6 +2199,16 @@ public struct Stats: Equatable, Hashable {
      * Catalog items whose record is damaged: upsert them again.
      */
     public var damagedItems: [String]
+    /**
+     * Catalog items the store lost without a trace of their ids (counted by
+     * its ledger): upsert the whole catalog again.
+     */
+    public var itemsLost: UInt64
+    /**
+     * Why the store could not check itself against its ledger at open
+     * (missing or damaged): earlier losses went uncounted. Null when it did.
+     */
+    public var ledgerProblem: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2209,7 +2219,15 @@ public struct Stats: Equatable, Hashable {
          */damagedUsers: [String], 
         /**
          * Catalog items whose record is damaged: upsert them again.
-         */damagedItems: [String]) {
+         */damagedItems: [String], 
+        /**
+         * Catalog items the store lost without a trace of their ids (counted by
+         * its ledger): upsert the whole catalog again.
+         */itemsLost: UInt64, 
+        /**
+         * Why the store could not check itself against its ledger at open
+         * (missing or damaged): earlier losses went uncounted. Null when it did.
+         */ledgerProblem: String?) {
         self.users = users
         self.catalogItems = catalogItems
         self.coldItems = coldItems
@@ -2219,6 +2237,8 @@ public struct Stats: Equatable, Hashable {
         self.scorer = scorer
         self.damagedUsers = damagedUsers
         self.damagedItems = damagedItems
+        self.itemsLost = itemsLost
+        self.ledgerProblem = ledgerProblem
     }
 
     
@@ -2245,7 +2265,9 @@ public struct FfiConverterTypeStats: FfiConverterRustBuffer {
                 storeLiveBytes: FfiConverterUInt64.read(from: &buf), 
                 scorer: FfiConverterString.read(from: &buf), 
                 damagedUsers: FfiConverterSequenceString.read(from: &buf), 
-                damagedItems: FfiConverterSequenceString.read(from: &buf)
+                damagedItems: FfiConverterSequenceString.read(from: &buf), 
+                itemsLost: FfiConverterUInt64.read(from: &buf), 
+                ledgerProblem: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -2259,6 +2281,8 @@ public struct FfiConverterTypeStats: FfiConverterRustBuffer {
         FfiConverterString.write(value.scorer, into: &buf)
         FfiConverterSequenceString.write(value.damagedUsers, into: &buf)
         FfiConverterSequenceString.write(value.damagedItems, into: &buf)
+        FfiConverterUInt64.write(value.itemsLost, into: &buf)
+        FfiConverterOptionString.write(value.ledgerProblem, into: &buf)
     }
 }
 

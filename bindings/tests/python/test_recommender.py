@@ -90,6 +90,7 @@ def test_open_reports_progress_and_stats(ffi, shared):
     assert stats.users == 0
     assert stats.store_encrypted is False
     assert stats.scorer
+    assert (stats.items_lost, stats.ledger_problem) == (0, None)
     assert ffi.version()
 
 
@@ -352,6 +353,24 @@ def test_wrong_backbone_file(ffi, config, tmp_path):
     fake.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ffi.L2recError.Backbone):
         run(ffi.Recommender.open(config(model_path=str(fake))))
+
+
+def test_a_missing_ledger_is_reported_and_rewritten(ffi, config, tmp_path):
+    first = run(ffi.Recommender.open(config()))
+    watch(ffi, first, "lee", ["1", "2"])
+    first.shutdown()
+    (tmp_path / "store" / "ledger.bin").unlink()
+
+    again = run(ffi.Recommender.open(config()))
+    stats = run(again.stats())
+    assert "missing" in stats.ledger_problem
+    assert stats.items_lost == 0
+    assert [e.item_id for e in again.export_user("lee").events] == ["1", "2"]
+    again.shutdown()
+    assert (tmp_path / "store" / "ledger.bin").exists(), "open wrote it again"
+    third = run(ffi.Recommender.open(config()))
+    assert run(third.stats()).ledger_problem is None
+    third.shutdown()
 
 
 def test_store_key_and_lock(ffi, config):

@@ -105,6 +105,12 @@ pub struct Stats {
     pub damaged_users: Vec<String>,
     /// Catalog items whose record is damaged (absent until upserted again).
     pub damaged_items: Vec<String>,
+    /// Catalog items the store's ledger counted that its database lost (ids
+    /// unknown: upsert the whole catalog again).
+    pub items_lost: u64,
+    /// Why the ledger could not vouch for the store at open (missing or
+    /// damaged), so losses before it went uncounted; `None` when it did.
+    pub ledger_problem: Option<String>,
 }
 
 /// The engine. All methods take `&self`; backbone work is serialized by one lock.
@@ -546,6 +552,8 @@ impl Engine {
                 .map(|u| u.user.unwrap_or_else(|| format!("tag:{}", u.tag)))
                 .collect(),
             damaged_items: integrity.damaged_items,
+            items_lost: integrity.items_lost,
+            ledger_problem: integrity.ledger_problem,
         })
     }
 

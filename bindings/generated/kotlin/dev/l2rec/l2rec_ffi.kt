@@ -3254,6 +3254,18 @@ data class Stats (
      * Catalog items whose record is damaged: upsert them again.
      */
     var `damagedItems`: List<kotlin.String>
+    , 
+    /**
+     * Catalog items the store lost without a trace of their ids (counted by
+     * its ledger): upsert the whole catalog again.
+     */
+    var `itemsLost`: kotlin.ULong
+    , 
+    /**
+     * Why the store could not check itself against its ledger at open
+     * (missing or damaged): earlier losses went uncounted. Null when it did.
+     */
+    var `ledgerProblem`: kotlin.String?
     
 ){
     
@@ -3279,6 +3291,8 @@ public object FfiConverterTypeStats: FfiConverterRustBuffer<Stats> {
             FfiConverterString.read(buf),
             FfiConverterSequenceString.read(buf),
             FfiConverterSequenceString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalString.read(buf),
         )
     }
 
@@ -3291,7 +3305,9 @@ public object FfiConverterTypeStats: FfiConverterRustBuffer<Stats> {
             FfiConverterULong.allocationSize(value.`storeLiveBytes`) +
             FfiConverterString.allocationSize(value.`scorer`) +
             FfiConverterSequenceString.allocationSize(value.`damagedUsers`) +
-            FfiConverterSequenceString.allocationSize(value.`damagedItems`)
+            FfiConverterSequenceString.allocationSize(value.`damagedItems`) +
+            FfiConverterULong.allocationSize(value.`itemsLost`) +
+            FfiConverterOptionalString.allocationSize(value.`ledgerProblem`)
     )
 
     override fun write(value: Stats, buf: ByteBuffer) {
@@ -3304,6 +3320,8 @@ public object FfiConverterTypeStats: FfiConverterRustBuffer<Stats> {
             FfiConverterString.write(value.`scorer`, buf)
             FfiConverterSequenceString.write(value.`damagedUsers`, buf)
             FfiConverterSequenceString.write(value.`damagedItems`, buf)
+            FfiConverterULong.write(value.`itemsLost`, buf)
+            FfiConverterOptionalString.write(value.`ledgerProblem`, buf)
     }
 }
 
