@@ -10,7 +10,7 @@ use l2rec::ffi::llama::ContextParams;
 use l2rec::lora::{LoraSpec, MODULES};
 use l2rec::prompt::{ItemRef, View};
 use l2rec_dev::bench_raw_decode;
-use l2rec_dev::movielens::Dataset;
+use l2rec_dev::dataset::Dataset;
 use l2rec_dev::random::write_random_expert;
 use serde_json::json;
 
@@ -139,7 +139,7 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let bb = Backbone::open_verified(info.clone(), config.clone())?;
-    let data = Dataset::load_ml100k(&l2rec_dev::assets::ml100k_dir()?)?;
+    let data = Dataset::ml100k()?;
     let (shorter, prompt) = semantic_prompt(&data, args.items);
     let tokens = bb.tokenize(&prompt)?;
     let shorter = bb.tokenize(&shorter)?;

@@ -10,8 +10,8 @@ use l2rec::engine::*;
 use l2rec::lora::LoraSpec;
 use l2rec::prompt::View;
 use l2rec::store::Durability;
+use l2rec_dev::dataset::Dataset;
 use l2rec_dev::memory::MemorySampler;
-use l2rec_dev::movielens::Dataset;
 use l2rec_dev::random::{write_random_expert, SplitMix};
 use serde_json::json;
 
@@ -56,7 +56,7 @@ fn peak_rss_mb() -> f64 {
 /// on attn_q/attn_v of the top 4 layers and random gates: the shape of a
 /// trained bundle, so personalization has work to do.
 fn bench_bundle(backbone: &Backbone, data: &Dataset, dir: &Path) -> anyhow::Result<PathBuf> {
-    let zero = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256);
+    let zero = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256, &data.name, &data.catalog);
     if Bundle::open(&zero, backbone.info()).is_err() {
         eprintln!(
             "building the zero-shot bundle first (cached at {})",
@@ -155,7 +155,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
 fn build_then_measure(args: &EngineArgs) -> anyhow::Result<()> {
     let model = l2rec_dev::assets::model_path()?;
     let info = ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
-    let data = Dataset::load_ml100k(&l2rec_dev::assets::ml100k_dir()?)?;
+    let data = Dataset::ml100k()?;
     let tmp = tempfile::tempdir()?;
     let bundle = {
         let backbone = Backbone::open_verified(
@@ -190,7 +190,7 @@ fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
     let memory = MemorySampler::start(&model, Duration::from_millis(10));
     let info = ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
     memory.phase("dataset");
-    let data = Dataset::load_ml100k(&l2rec_dev::assets::ml100k_dir()?)?;
+    let data = Dataset::ml100k()?;
     let tmp = tempfile::tempdir()?;
     let bundle = bundle.to_owned();
     memory.phase("open");

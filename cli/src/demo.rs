@@ -12,16 +12,22 @@ use l2rec::model::L2Rec;
 use l2rec::progress::Progress;
 use l2rec::prompt::View;
 use l2rec_dev::assets;
-use l2rec_dev::movielens::{Dataset, History};
+use l2rec_dev::dataset::{Dataset, History};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// The bundle to serve (default: this repository's trained `bundles/ml-100k`,
-    /// else the zero-shot bundle, built on first use).
+    /// The bundle to serve (default: this repository's trained `bundles/ml-100k`
+    /// for ml-100k; for another dataset, or without it, the dataset's zero-shot
+    /// bundle, built on first use and cached).
     #[arg(long)]
     pub bundle: Option<PathBuf>,
-    /// ml-100k user ids, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    /// The dataset (docs/DATA.md): a dataset.json or its directory
+    /// (default: MovieLens-100K from the asset cache).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// User ids, comma-separated (default: ml-100k's 1, 2 and 3; another
+    /// dataset's first three users).
+    #[arg(long, value_delimiter = ',')]
     pub users: Vec<String>,
     /// Recommendations per user.
     #[arg(long, default_value_t = 10)]
@@ -55,9 +61,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    let data = Dataset::load_ml100k(&assets::ml100k_dir()?)?;
+    let data = Dataset::load(args.data.as_deref())?;
     println!(
-        "catalog: ml-100k, {} items, {} users, loaded in {}",
+        "catalog: {}, {} items, {} users, loaded in {}",
+        data.name,
         data.catalog.len(),
         data.histories.len(),
         ms(started.elapsed())
@@ -66,7 +73,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let trained = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/ml-100k");
     let bundle_dir = match &args.bundle {
         Some(dir) => dir.clone(),
-        None if trained.join("manifest.json").exists() => trained,
+        None if args.data.is_none() && trained.join("manifest.json").exists() => trained,
         None => zero_shot_bundle(&backbone, &data)?,
     };
     let started = Instant::now();
@@ -92,7 +99,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         model.scorer().backend(),
         model.scorer().adapter_name()
     );
-    for user in &args.users {
+    for user in &demo_users(args, &data) {
         recommend_for(&mut model, &data, user, args.k)?;
     }
     Ok(())
@@ -162,9 +169,22 @@ pub fn bundle_rows(model: &L2Rec, data: &Dataset, history: &History) -> Vec<u32>
         .collect()
 }
 
+fn demo_users(args: &DemoArgs, data: &Dataset) -> Vec<String> {
+    match (&args.users[..], &args.data) {
+        ([], None) => ["1", "2", "3"].map(String::from).to_vec(),
+        ([], Some(_)) => data
+            .histories
+            .iter()
+            .take(3)
+            .map(|h| h.user.clone())
+            .collect(),
+        (users, _) => users.to_vec(),
+    }
+}
+
 /// The cached zero-shot bundle for this backbone, built on first use.
 fn zero_shot_bundle(backbone: &Backbone, data: &Dataset) -> anyhow::Result<PathBuf> {
-    let dir = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256);
+    let dir = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256, &data.name, &data.catalog);
     if Bundle::open(&dir, backbone.info()).is_ok() {
         return Ok(dir);
     }

@@ -18,7 +18,7 @@ use l2rec::bundle::Bundle;
 use l2rec::model::L2Rec;
 use l2rec::progress::Progress;
 use l2rec_dev::assets;
-use l2rec_dev::movielens::{Dataset, History};
+use l2rec_dev::dataset::{Dataset, History};
 use serde::Serialize;
 
 use crate::demo::{bundle_rows, progress_bar};
@@ -45,12 +45,16 @@ pub struct EvalArgs {
     /// The bundle to evaluate.
     #[arg(long)]
     pub bundle: PathBuf,
+    /// The dataset (docs/DATA.md): a dataset.json or its directory
+    /// (default: MovieLens-100K from the asset cache).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "test")]
     pub phase: Phase,
-    /// Evaluate only the first N users of `ml-100k.inter` (0: all 943).
+    /// Evaluate only the first N users of the interactions file (0: all).
     #[arg(long, default_value_t = 0, conflicts_with = "user_ids")]
     pub users: usize,
-    /// Evaluate only these ml-100k user ids, comma-separated.
+    /// Evaluate only these user ids, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub user_ids: Vec<String>,
     #[arg(long, value_enum, default_value = "user")]
@@ -102,7 +106,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     };
     let backbone = Backbone::open_verified(info, config)?;
     let threads = backbone.config().threads.unwrap_or_else(default_threads);
-    let data = Dataset::load_ml100k(&assets::ml100k_dir()?)?;
+    let data = Dataset::load(args.data.as_deref())?;
     let bundle = Bundle::open(&args.bundle, backbone.info())
         .with_context(|| format!("opening bundle {}", args.bundle.display()))?;
     let mut bar = progress_bar("item text states");
@@ -156,7 +160,7 @@ fn selected_users<'a>(data: &'a Dataset, args: &EvalArgs) -> anyhow::Result<Vec<
             .iter()
             .map(|id| {
                 data.history(id)
-                    .with_context(|| format!("ml-100k has no user {id}"))
+                    .with_context(|| format!("{} has no user {id}", data.name))
             })
             .collect();
     }

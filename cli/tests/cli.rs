@@ -167,3 +167,45 @@ fn eval_prints_the_protocol_metrics_and_per_user_ranks() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user nobody"));
 }
+
+fn golden_dataset(case: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../golden/datasets");
+    dir.join(case).to_string_lossy().into_owned()
+}
+
+#[test]
+fn demo_serves_a_dataset_of_your_own_from_csv() {
+    let out = l2rec(&["demo", "--data", &golden_dataset("csv-strings"), "--k", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("catalog: csv-strings, 6 items, 3 users"),
+        "{stdout}"
+    );
+    // Its first three users, each served from the dataset's zero-shot bundle.
+    for user in ["u17", "u5", "u8"] {
+        assert!(stdout.contains(user), "{user} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("zero-shot-csv-strings"), "{stdout}");
+}
+
+#[test]
+fn eval_on_a_broken_dataset_names_the_file_and_lines() {
+    let out = l2rec(&[
+        "eval",
+        "--bundle",
+        default_bundle().to_str().unwrap(),
+        "--data",
+        &golden_dataset("error-unknown-item"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("events.csv:3,4,6: 3 interaction(s) name 2 item id(s)"),
+        "{stderr}"
+    );
+}

@@ -2,7 +2,8 @@
 //! (`l2rec` and `l2rec-ffi` never depend on this crate):
 //!
 //! - `assets`: where `scripts/fetch-assets` puts the backbone and data;
-//! - `movielens`: MovieLens-100K's atomic files as histories;
+//! - `dataset`: a dataset as docs/DATA.md defines it (MovieLens-100K by
+//!   default) as a catalog and per-user histories; the trainer's twin;
 //! - `zeroshot`: a bundle built without training (PCA of item text states);
 //! - `random`: reproducible random values and random LoRA experts;
 //! - `f16`: an F16 copy of a GGUF backbone for exact-math tests;
@@ -17,9 +18,9 @@
 
 pub mod allocator;
 pub mod assets;
+pub mod dataset;
 pub mod f16;
 pub mod memory;
-pub mod movielens;
 pub mod random;
 pub mod zeroshot;
 

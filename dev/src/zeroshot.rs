@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::movielens::Catalog;
+use crate::dataset::Catalog;
 use crate::random::SplitMix;
 use l2rec::backbone::Backbone;
 use l2rec::bundle::{
@@ -25,11 +25,28 @@ pub const MAX_ITEMS: usize = 50;
 const BUILD: u32 = 2;
 
 /// Where the zero-shot bundle for a backbone is cached.
-pub fn cache_dir(backbone_sha256: &str) -> PathBuf {
+pub fn cache_dir(backbone_sha256: &str, dataset: &str, catalog: &Catalog) -> PathBuf {
+    let dataset: String = dataset
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
     crate::assets::bundles_dir().join(format!(
-        "zero-shot-ml-100k-v{BUILD}-{}",
-        &backbone_sha256[..12]
+        "zero-shot-{dataset}-v{BUILD}-{}-{:016x}",
+        &backbone_sha256[..12],
+        catalog_digest(catalog)
     ))
+}
+
+/// FNV-1a over the catalog's ids and texts: another catalog under the same
+/// dataset name gets its own cached bundle.
+fn catalog_digest(catalog: &Catalog) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for part in catalog.ids.iter().chain(&catalog.texts) {
+        for &b in part.as_bytes().iter().chain(&[0]) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 /// The prompt templates the project uses for ml-100k.

@@ -177,9 +177,12 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=paths.cache_dir() / "runs" / "collab")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default=None, help="dataset.json or its directory (config's data)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = Config.load(args.config)
+    if args.data is not None:
+        cfg.data = str(Path(args.data).resolve())
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in args.seeds:

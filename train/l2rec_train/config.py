@@ -71,6 +71,9 @@ class TrainConfig:
 class Config:
     name: str = "l2rec-ml-100k"
     seed: int = 0
+    # The dataset (docs/DATA.md): a dataset.json or its directory; "": ml-100k's. The
+    # trainer's --data overrides it and records the absolute path in the run's config.
+    data: str = ""
     views: dict = field(default_factory=lambda: {v: ViewConfig() for v in VIEWS})
     lora: LoraConfig = field(default_factory=LoraConfig)
     d_r: int = 64

@@ -83,7 +83,7 @@ def text_states(backbone: Backbone, builder, n_items: int) -> torch.Tensor:
 def build_context(cfg: Config, seed_model: bool = True, codes: list[str] | None = None) -> Context:
     """Only the views the model reads get prompts and state caches (none for "collab").
     A behavioral view that renders codes needs them (stage 1 makes them: train.py)."""
-    catalog, split = data.load(genres=cfg.text_genres, max_chars=cfg.max_text_chars)
+    catalog, split = data.load(cfg.data or None, cfg.text_genres, cfg.max_text_chars)
     if cfg.views["behavioral"].render == "codes":
         if codes is None and cfg.fusion in ("adaptive", "behavioral"):
             raise ValueError("this config renders codes in the behavioral view: pass its codes")

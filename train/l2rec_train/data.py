@@ -1,6 +1,8 @@
-"""MovieLens-100K under RecBole's sequential protocol (RecBole 1.2.1, SASRec-style).
+"""A dataset (dataset.py, docs/DATA.md) under RecBole's sequential protocol (RecBole 1.2.1,
+SASRec-style): the catalog, the leave-one-out split, the training windows.
 
-What RecBole does for a sequential model on ml-100k, and what we reproduce:
+What RecBole does for a sequential model on ml-100k (the default dataset), and what we
+reproduce:
 
 * every line of `ml-100k.inter` is an interaction (no rating threshold, no
   k-core filtering, no de-duplication: `properties/dataset/ml-100k.yaml`);
@@ -18,18 +20,17 @@ What RecBole does for a sequential model on ml-100k, and what we reproduce:
 
 Ranking exclusion is the evaluator's business (see metrics.py).
 
-Catalog rows are the items in the order of `ml-100k.item` (row i = line i+1).
+Catalog rows are the items in the order of the items file (ml-100k: `ml-100k.item`,
+row i = line i+1).
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from . import paths
+from .dataset import Dataset, load_dataset
 
 
 @dataclass(frozen=True)
@@ -68,16 +69,26 @@ class Split:
         return self.valid_history(u) if phase == "valid" else self.test_history(u)
 
 
-def item_text(title: str, year: str, genres: str = "", max_chars: int = 0) -> str:
-    """MODEL.md's item text: `<title> (<year>)`, or just the title when the year is missing,
-    then `; <genre>, <genre>` when genres are given (RecBole's space-separated token_seq),
-    capped at `max_chars` characters (0: no cap), cut back to a word boundary. The dev
-    crate's MovieLens loader renders the same."""
+def item_text(
+    title: str,
+    year: str,
+    categories: list[str] | str = (),
+    max_chars: int = 0,
+    fields: list[str] = (),
+) -> str:
+    """MODEL.md's item text (docs/DATA.md): `<title> (<year>)`, or just the title when the
+    year is missing, then `; <category>, <category>` when categories are given (a list, or
+    RecBole's space-separated token_seq), then `; <field>` for each non-empty field, capped
+    at `max_chars` characters (0: no cap), cut back to a word boundary. The dev crate's
+    dataset loader renders the same."""
     title, year = title.strip(), year.strip()
     text = f"{title} ({year})" if year else title
-    names = genres.split()
+    names = categories.split() if isinstance(categories, str) else list(categories)
     if names:
         text += "; " + ", ".join(names)
+    for extra in fields:
+        if extra.strip():
+            text += "; " + extra.strip()
     return cap_text(text, max_chars)
 
 
@@ -92,29 +103,21 @@ def cap_text(text: str, max_chars: int) -> str:
     return cut.rstrip(" ;,")
 
 
-def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
-    """A RecBole atomic file: tab-separated, header `name:type`; returns names and rows."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        names = [h.split(":")[0] for h in header]
-        rows = [r for r in reader if r]
-    return names, rows
+def load_catalog(data=None, genres: bool = False, max_chars: int = 0) -> Catalog:
+    """The dataset's items (`data`: a dataset.json, its directory, a loaded `Dataset`, or None
+    for ml-100k); the text adds the categories (ml-100k: genres) when `genres`."""
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    return catalog_of(ds.items, genres, max_chars)
 
 
-def load_catalog(data_dir: Path | None = None, genres: bool = False, max_chars: int = 0) -> Catalog:
-    """ml-100k's items; the text adds the `class` column's genres when `genres`."""
-    names, rows = _read_atomic((data_dir or paths.data_dir()) / "ml-100k.item")
-    col = {n: i for i, n in enumerate(names)}
-    ids, texts = [], []
-    for r in rows:
-        r = r + [""] * (len(names) - len(r))
-        ids.append(r[col["item_id"]])
-        g = r[col["class"]] if genres else ""
-        texts.append(item_text(r[col["movie_title"]], r[col["release_year"]], g, max_chars))
-    if len(set(ids)) != len(ids):
-        raise ValueError("duplicate item ids in ml-100k.item")
-    return Catalog(ids, texts)
+def catalog_of(items, genres: bool, max_chars: int) -> Catalog:
+    texts = [
+        item_text(t, y, c if genres else [], max_chars, f)
+        for t, y, c, f in zip(
+            items.titles, items.years, items.categories, items.fields, strict=True
+        )
+    ]
+    return Catalog(list(items.ids), texts)
 
 
 def recbole_time_key(timestamps: np.ndarray) -> np.ndarray:
@@ -125,19 +128,13 @@ def recbole_time_key(timestamps: np.ndarray) -> np.ndarray:
     return norm.astype(np.float32)
 
 
-def load_interactions(data_dir: Path | None = None) -> tuple[list[str], list[str], np.ndarray]:
-    """(user tokens, item tokens, timestamps) in file order."""
-    names, rows = _read_atomic((data_dir or paths.data_dir()) / "ml-100k.inter")
-    col = {n: i for i, n in enumerate(names)}
-    users = [r[col["user_id"]] for r in rows]
-    items = [r[col["item_id"]] for r in rows]
-    ts = np.array([float(r[col["timestamp"]]) for r in rows], dtype=np.float64)
-    return users, items, ts
-
-
-def leave_one_out(users: list[str], items: list[int], ts: np.ndarray) -> Split:
-    """Sort as RecBole does (stable, float32 key), group by user, hold out the last two."""
-    order = np.argsort(recbole_time_key(ts), kind="stable")
+def leave_one_out(
+    users: list[str], items: list[int], ts: np.ndarray, time_key: str = "recbole"
+) -> Split:
+    """Sort as RecBole does (stable, float32 key; `exact`: the timestamps), group by user,
+    hold out the last two."""
+    key = recbole_time_key(ts) if time_key == "recbole" else np.asarray(ts, dtype=np.float64)
+    order = np.argsort(key, kind="stable")
     seqs: dict[str, list[int]] = {}
     for k in order:
         seqs.setdefault(users[k], []).append(items[k])
@@ -147,7 +144,8 @@ def leave_one_out(users: list[str], items: list[int], ts: np.ndarray) -> Split:
     for u in user_ids:
         s = seqs[u]
         if len(s) < 3:
-            # RecBole would give such a user fewer than two held-out items; ml-100k has none.
+            # The dataset's filter keeps users with at least 3 (dataset.py); a caller that
+            # bypasses it gets this.
             raise ValueError(f"user {u} has {len(s)} interactions; leave-one-out needs 3")
         train.append(np.array(s[:-2], dtype=np.int64))
         valid.append(s[-2])
@@ -155,18 +153,11 @@ def leave_one_out(users: list[str], items: list[int], ts: np.ndarray) -> Split:
     return Split(user_ids, train, np.array(valid, dtype=np.int64), np.array(test, dtype=np.int64))
 
 
-def load(
-    data_dir: Path | None = None, genres: bool = False, max_chars: int = 0
-) -> tuple[Catalog, Split]:
-    catalog = load_catalog(data_dir, genres, max_chars)
-    users, item_tokens, ts = load_interactions(data_dir)
-    row = catalog.row_of()
-    missing = {t for t in item_tokens if t not in row}
-    if missing:
-        raise ValueError(
-            f"{len(missing)} interacted items are not in ml-100k.item, e.g. {sorted(missing)[:3]}"
-        )
-    return catalog, leave_one_out(users, [row[t] for t in item_tokens], ts)
+def load(data=None, genres: bool = False, max_chars: int = 0) -> tuple[Catalog, Split]:
+    """Catalog and leave-one-out split of a dataset (docs/DATA.md; None: ml-100k)."""
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    split = leave_one_out(ds.users, ds.rows, ds.times, ds.config.split.time_key)
+    return catalog_of(ds.items, genres, max_chars), split
 
 
 def truncate(history: np.ndarray, max_items: int) -> np.ndarray:

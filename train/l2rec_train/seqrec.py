@@ -192,10 +192,11 @@ def main(argv=None) -> None:
     p.add_argument("--patience", type=int, default=60)
     p.add_argument("--max-epochs", type=int, default=3000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default=None, help="dataset.json or its directory (ml-100k)")
     p.add_argument("--quiet", dest="progress", action="store_false")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    catalog, split = data.load()
+    catalog, split = data.load(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in args.seeds:

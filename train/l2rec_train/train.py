@@ -1,10 +1,14 @@
-"""Trains L2Rec on MovieLens-100K, selects on validation NDCG@10, exports a bundle.
+"""Trains L2Rec on a dataset (docs/DATA.md; MovieLens-100K by default), selects on
+validation NDCG@10, exports a bundle.
 
+    l2rec-train --data ../datasets/ml-100k --check        (validate and summarize, no training)
+    l2rec-train --data DIR --config configs/ml-100k-v2.json --out runs/mine
     python -m l2rec_train.train --config configs/small.json --out runs/small
     python -m l2rec_train.train --config configs/small.json --out runs/small --resume
     torchrun --nproc_per_node 2 -m l2rec_train.train --config ... --out ...   (DDP, gloo)
 
-Writes into --out: config.json, log.jsonl (one line per epoch), last.pt (resume
+Writes into --out: config.json, data-summary.json (what the dataset kept and dropped),
+log.jsonl (one line per epoch), last.pt (resume
 point, every epoch), best.pt (best validation NDCG@10), metrics.json (valid
 and test of the best model) and bundle/ (the runtime bundle of the best model).
 
@@ -32,6 +36,7 @@ from . import metrics as M
 from .collab import COLLAB_PARAMS, stage_one
 from .config import Config
 from .context import Context, build_context
+from .dataset import DataError, load_dataset, summary_text
 from .export import export_bundle
 from .model import L2Rec
 from .pipeline import (
@@ -297,12 +302,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_data(data, quiet: bool = False) -> dict:
+    """Loads and validates the dataset (a `DataError` names file, line and fix), prints what
+    it kept and dropped; the summary dict."""
+    try:
+        summary = load_dataset(data).summary()
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not quiet:
+        print(summary_text(summary), flush=True)
+    return summary
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--config", required=True)
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument(
+        "--data", default=None, help="dataset.json or its directory (default: the config's data)"
+    )
+    p.add_argument("--check", action="store_true", help="validate and summarize the data, stop")
+    p.add_argument("--config", default=None, help="model and training config (JSON)")
+    p.add_argument("--out", default=None, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads per process (overrides config)"
@@ -311,10 +332,18 @@ def main(argv=None) -> None:
     p.add_argument("--no-test", action="store_true", help="skip the final test evaluation")
     p.add_argument("--no-export", action="store_true", help="skip writing OUT/bundle")
     args = p.parse_args(argv)
+    if args.check:
+        check_data(args.data)
+        return
+    if not (args.config and args.out):
+        p.error("--config and --out are needed to train (or --check to validate the data)")
 
     distributed = dist_util.init()
     rank = dist_util.rank()
     cfg = Config.load(args.config)
+    if args.data is not None:
+        cfg.data = str(Path(args.data).resolve())
+    summary = check_data(cfg.data or None, quiet=rank != 0)  # errors before hours of training
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
     threads = args.threads if args.threads is not None else cfg.train.threads
@@ -325,6 +354,7 @@ def main(argv=None) -> None:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (out / "data-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     codes, stage1 = None, None
     if cfg.encoder != "none":  # v2: the collaborative stage and the codes come first

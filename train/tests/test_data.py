@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from l2rec_train import data
+from l2rec_train import data, paths
 
 
 def test_counts_and_catalog(catalog_split):
@@ -15,10 +15,14 @@ def test_counts_and_catalog(catalog_split):
 
 def test_leave_one_out_matches_recbole_order(catalog_split):
     catalog, split = catalog_split
-    users, items, ts = data.load_interactions()
+    # Independent restatement from the raw file: per user, stable order of (float32 key,
+    # file position).
+    lines = (paths.data_dir() / "ml-100k.inter").read_text().splitlines()[1:]
+    users, items, ts = zip(
+        *((c[0], c[1], float(c[3])) for c in (ln.split("\t") for ln in lines)), strict=True
+    )
     row = catalog.row_of()
-    key = data.recbole_time_key(ts)
-    # Independent restatement: per user, stable order of (float32 key, file position).
+    key = data.recbole_time_key(np.array(ts))
     per_user = {}
     for pos in range(len(users)):
         per_user.setdefault(users[pos], []).append((key[pos], pos, row[items[pos]]))

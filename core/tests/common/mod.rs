@@ -10,8 +10,8 @@ use l2rec::lora::LoraSpec;
 use l2rec::progress::Progress;
 use l2rec::prompt::View;
 use l2rec_dev::assets;
+use l2rec_dev::dataset::Dataset;
 use l2rec_dev::f16::write_f16_copy;
-use l2rec_dev::movielens::Dataset;
 use l2rec_dev::random::{write_random_expert, SplitMix};
 
 pub fn config() -> BackboneConfig {
@@ -58,10 +58,8 @@ pub fn f16_backbone_with(config: BackboneConfig) -> Backbone {
 
 pub fn dataset() -> Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
-    DATA.get_or_init(|| {
-        Dataset::load_ml100k(&assets::ml100k_dir().expect("ml-100k")).expect("parse ml-100k")
-    })
-    .clone()
+    DATA.get_or_init(|| Dataset::ml100k().expect("ml-100k (scripts/fetch-assets)"))
+        .clone()
 }
 
 pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {

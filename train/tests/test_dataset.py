@@ -1,0 +1,89 @@
+"""The dataset contract (docs/DATA.md) on golden/datasets/: every case's rows, drops and
+sequences, or its error, as `expected.json` says; the dev crate's loader is tested against
+the same files. `L2REC_GOLDEN_WRITE=1` rewrites the expected files of the cases that load
+(review the diff: these are the contract)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from l2rec_train import data, dataset
+
+GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "datasets"
+CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "dataset.json").exists())
+
+
+def observed(case: str) -> dict:
+    ds = dataset.load_dataset(GOLDEN / case)
+    catalog, split = data.load(ds, genres=True)
+    s = ds.summary()
+    ids = catalog.item_ids
+    return {
+        "summary": {k: s[k] for k in ("users", "items", "cold_items", "interactions", "dropped")},
+        "catalog": [[i, t] for i, t in zip(ids, catalog.texts, strict=True)],
+        "sequences": {
+            u: [ids[r] for r in [*split.train[k], split.valid[k], split.test[k]]]
+            for k, u in enumerate(split.user_ids)
+        },
+    }
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_dataset(case):
+    path = GOLDEN / case / "expected.json"
+    expected = json.loads(path.read_text()) if path.exists() else None
+    if expected is not None and "error" in expected:
+        want = expected["error"]
+        with pytest.raises(dataset.DataError) as e:
+            dataset.load_dataset(GOLDEN / case)
+        assert Path(e.value.file).name == want["file"]
+        assert e.value.lines[: len(want["lines"])] == want["lines"], str(e.value)
+        assert want["says"] in str(e.value)
+        return
+    got = observed(case)
+    if os.environ.get("L2REC_GOLDEN_WRITE"):
+        path.write_text(json.dumps(got, indent=1, ensure_ascii=False) + "\n")
+    assert got == expected
+
+
+def test_a_config_with_an_unknown_key_says_which(tmp_path):
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"name": "x", "format": "csv", "items": {}, "interactions": {}, "filtre": {}})
+    )
+    with pytest.raises(dataset.DataError, match="filtre"):
+        dataset.load_dataset(tmp_path)
+
+
+def test_timestamps():
+    assert dataset.parse_timestamp("12.5") == 12.5
+    assert dataset.parse_timestamp("1970-01-02") == 86400
+    assert dataset.parse_timestamp("1970-01-01T01:00:00+01:00") == 0
+    assert dataset.parse_timestamp("1970-01-01 00:00:01.25Z") == 1.25
+    for bad in ("", "nan", "inf", "2020-02-30", "2020-1-1", "yesterday", "2020-01-01T25:00"):
+        assert dataset.parse_timestamp(bad) is None, bad
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_ml100k_reexpressed_yields_the_same_split(catalog_split, tmp_path, fmt):
+    from l2rec_train import reexpress
+
+    catalog, split = catalog_split
+    ds = dataset.load_dataset(reexpress.reexpress(tmp_path, fmt))
+    catalog2, split2 = data.load(ds)
+    assert catalog2.item_ids != [f"m{i}" for i in catalog.item_ids], "rows are reordered"
+
+    def by_id(cat, sp, prefix=""):
+        ids = cat.item_ids
+        return {
+            prefix + u: [ids[r] for r in [*sp.train[k], sp.valid[k], sp.test[k]]]
+            for k, u in enumerate(sp.user_ids)
+        }
+
+    plain = by_id(catalog, split, "u")
+    assert by_id(catalog2, split2) == {u: [f"m{i}" for i in s] for u, s in plain.items()}
+    genres = data.load(ds, genres=True)[0]
+    texts = dict(zip(genres.item_ids, genres.texts, strict=True))
+    original = data.load(genres=True)[0]
+    assert all(texts[f"m{i}"] == t for i, t in zip(original.item_ids, original.texts, strict=True))
