@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -181,10 +182,12 @@ def check_options(cfg: DataConfig, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Reading rows: every format yields (line number, {column: string}) after its header.
+# Reading rows: every format yields (line number, {column: string}) after its header,
+# streamed (a log of millions of rows is never held as rows; errors that count rows are
+# raised once the file is read).
 
 
-def read_rows(cfg: DataConfig, file: str, columns: list[str]) -> list[tuple[int, dict]]:
+def read_rows(cfg: DataConfig, file: str, columns: list[str]):
     path = cfg.root / file
     if not path.exists():
         raise DataError(path, "no such file", f"check `root` and `file` in {cfg.source}")
@@ -206,42 +209,38 @@ def _table_rows(path: Path, rows, columns: list[str], header: list[str]):
     if any(c not in header for c in columns):
         raise _missing(path, columns, header)
     at = [header.index(c) for c in columns]
-    out, short = [], []
+    short = []
     for n, r in enumerate(rows, start=2):
         if not r or r == [""]:
             continue  # blank line
         if len(r) <= max(at):
             short.append(n)
             continue
-        out.append((n, {c: r[i] for c, i in zip(columns, at, strict=True)}))
+        yield n, {c: r[i] for c, i in zip(columns, at, strict=True)}
     if short:
         raise DataError(
             path, f"{len(short)} row(s) have fewer fields than the header", "fix them", short
         )
-    return out
 
 
 def _atomic_rows(path: Path, columns: list[str], _delimiter: str):
     with open(path, encoding="utf-8", newline="") as f:
-        lines = f.read().split("\n")
-    header = [h.split(":")[0] for h in lines[0].rstrip("\r").split("\t")]
-    rows = [ln.rstrip("\r").split("\t") for ln in lines[1:]]
-    return _table_rows(path, rows, columns, header)
+        lines = (ln.rstrip("\n").rstrip("\r") for ln in f)
+        header = [h.split(":")[0] for h in next(lines, "").split("\t")]
+        yield from _table_rows(path, (ln.split("\t") for ln in lines), columns, header)
 
 
 def _csv_rows(path: Path, columns: list[str], delimiter: str):
+    # A row's number is its record number + 1 (the header): what editors show as its line
+    # when no quoted field holds a newline.
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, [])
-        rows = list(reader)
-    # csv counts physical lines only through line_num; quoted newlines are rare in logs, and a
-    # row's number here is its record number + 1 (the header), which is what editors show
-    # when there are none.
-    return _table_rows(path, rows, columns, header)
+        yield from _table_rows(path, reader, columns, header)
 
 
 def _jsonl_rows(path: Path, columns: list[str], _delimiter: str):
-    out, bad, lacking = [], [], []
+    bad, lacking = [], []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -257,14 +256,13 @@ def _jsonl_rows(path: Path, columns: list[str], _delimiter: str):
             if any(c not in obj for c in columns):
                 lacking.append(n)
                 continue
-            out.append((n, {c: json_value(obj[c]) for c in columns}))
+            yield n, {c: json_value(obj[c]) for c in columns}
     if bad:
         raise DataError(path, f"{len(bad)} line(s) are not a JSON object", "one per line", bad)
     if lacking:
         raise DataError(
             path, f"{len(lacking)} line(s) lack a mapped key {columns}", "add it or remap", lacking
         )
-    return out
 
 
 def json_value(v) -> str | list[str]:
@@ -405,7 +403,6 @@ class Events:
     users: list[str]
     rows: list[int]
     times: np.ndarray
-    lines: list[int]
 
 
 def load_events(cfg: DataConfig, row_of: dict[str, int], dropped: Counter) -> Events:
@@ -415,7 +412,7 @@ def load_events(cfg: DataConfig, row_of: dict[str, int], dropped: Counter) -> Ev
     )
     rows = read_rows(cfg, c.file, columns)
     path = cfg.root / c.file
-    users, items, times, lines = [], [], [], []
+    users, items, times = [], [], []
     bad_users, bad_times, bad_weights, unknown = [], [], [], {}
     for n, r in rows:
         user, item = r[c.user], r[c.item]
@@ -441,10 +438,9 @@ def load_events(cfg: DataConfig, row_of: dict[str, int], dropped: Counter) -> Ev
         if item not in row_of:
             unknown.setdefault(item, []).append(n)
             continue
-        users.append(user)
+        users.append(sys.intern(user))
         items.append(row_of[item])
         times.append(t)
-        lines.append(n)
     if bad_users:
         raise DataError(
             path,
@@ -476,7 +472,7 @@ def load_events(cfg: DataConfig, row_of: dict[str, int], dropped: Counter) -> Ev
             f"add them to {cfg.items.file} or remove those rows",
             sorted(n for v in unknown.values() for n in v),
         )
-    return Events(users, items, np.array(times, dtype=np.float64), lines)
+    return Events(users, items, np.array(times, dtype=np.float64))
 
 
 def core_filter(ev: Events, n_items: int, f: Filter, dropped: Counter) -> np.ndarray:

@@ -25,25 +25,34 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def reexpress(out: Path, fmt: str, seed: int = 0) -> Path:
-    """Writes items, interactions and dataset.json under `out`; returns the dataset.json."""
+def reexpress(out: Path, fmt: str, seed: int = 0, copies: int = 1) -> Path:
+    """Writes items, interactions and dataset.json under `out`; returns the dataset.json.
+    `copies` > 1 makes a catalog and log that many times larger for scale measurements:
+    copy k of every user (`u17~k`) watches copy k of the same films (`m242~k`)."""
     src = dataset.DataConfig.load()
     items_cols = ["item_id", "movie_title", "release_year", "class"]
-    items = dataset.read_rows(src, src.items.file, items_cols)
+    items = list(dataset.read_rows(src, src.items.file, items_cols))
     inter = dataset.read_rows(src, src.interactions.file, ["user_id", "item_id", "timestamp"])
     order = np.random.default_rng(seed).permutation(len(items))
     out.mkdir(parents=True, exist_ok=True)
+    tag = [""] if copies == 1 else [f"~{k}" for k in range(copies)]
     item_rows = [
         {
-            "sku": f"m{r['item_id']}",
+            "sku": f"m{r['item_id']}{t}",
             "name": r["movie_title"],
             "released": r["release_year"],
             "genres": "|".join(r["class"].split()),
         }
+        for t in tag
         for _, r in (items[i] for i in order)
     ]
     event_rows = [
-        {"who": f"u{r['user_id']}", "what": f"m{r['item_id']}", "when": iso(float(r["timestamp"]))}
+        {
+            "who": f"u{r['user_id']}{t}",
+            "what": f"m{r['item_id']}{t}",
+            "when": iso(float(r["timestamp"])),
+        }
+        for t in tag
         for _, r in inter
     ]
     ext = {"csv": "csv", "jsonl": "jsonl"}[fmt]
@@ -51,7 +60,7 @@ def reexpress(out: Path, fmt: str, seed: int = 0) -> Path:
     write(out / f"items.{ext}", item_rows)
     write(out / f"interactions.{ext}", event_rows)
     config = {
-        "name": f"ml-100k-{fmt}",
+        "name": f"ml-100k-{fmt}" + (f"-x{copies}" if copies > 1 else ""),
         "format": fmt,
         "items": {
             "file": f"items.{ext}",
@@ -90,8 +99,9 @@ def main(argv=None) -> None:
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0, help="seed of the item rows' order")
+    p.add_argument("--copies", type=int, default=1, help="N times the catalog and log (scale)")
     args = p.parse_args(argv)
-    path = reexpress(args.out, args.format, args.seed)
+    path = reexpress(args.out, args.format, args.seed, args.copies)
     print(dataset.summary_text(dataset.load_dataset(path).summary()))
 
 
