@@ -62,7 +62,13 @@ fn bench_bundle(backbone: &Backbone, data: &Dataset, dir: &Path) -> anyhow::Resu
             "building the zero-shot bundle first (cached at {})",
             zero.display()
         );
-        l2rec_dev::zeroshot::build(backbone, &data.catalog, &zero, &mut Progress::none())?;
+        l2rec_dev::zeroshot::build(
+            backbone,
+            &data.name,
+            &data.catalog,
+            &zero,
+            &mut Progress::none(),
+        )?;
     }
     let base = Bundle::open(&zero, backbone.info())?;
     let info = backbone.info();

@@ -196,6 +196,7 @@ fn zero_shot_bundle(backbone: &Backbone, data: &Dataset) -> anyhow::Result<PathB
     let mut bar = progress_bar("zero-shot bundle: item text states");
     l2rec_dev::zeroshot::build(
         backbone,
+        &data.name,
         &data.catalog,
         &dir,
         &mut Progress::reporting(&mut bar.callback()),

@@ -190,7 +190,10 @@ fn demo_serves_a_dataset_of_your_own_from_csv() {
     for user in ["u17", "u5", "u8"] {
         assert!(stdout.contains(user), "{user} missing:\n{stdout}");
     }
-    assert!(stdout.contains("zero-shot-csv-strings"), "{stdout}");
+    assert!(
+        stdout.contains("bundle \"zero-shot-csv-strings\""),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub const MAX_ITEMS: usize = 50;
 
 /// Bumped whenever the way the zero-shot bundle is computed changes, so that a
 /// bundle cached by an older build is rebuilt rather than served.
-const BUILD: u32 = 2;
+const BUILD: u32 = 3;
 
 /// Where the zero-shot bundle for a backbone is cached.
 pub fn cache_dir(backbone_sha256: &str, dataset: &str, catalog: &Catalog) -> PathBuf {
@@ -63,9 +63,11 @@ pub fn default_templates() -> (Template, Template) {
     )
 }
 
-/// Builds the zero-shot bundle for `catalog` into `dir` (atomically).
+/// Builds the zero-shot bundle for `catalog` (of the dataset `dataset`) into
+/// `dir` (atomically).
 pub fn build(
     backbone: &Backbone,
+    dataset: &str,
     catalog: &Catalog,
     dir: &Path,
     progress: &mut Progress,
@@ -85,7 +87,7 @@ pub fn build(
     let manifest = Manifest {
         format: FORMAT.into(),
         version: 1,
-        name: "zero-shot-ml-100k".into(),
+        name: format!("zero-shot-{dataset}"),
         backbone: BackboneRef {
             file: info
                 .path
