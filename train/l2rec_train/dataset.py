@@ -14,6 +14,7 @@ import csv
 import json
 import re
 import sys
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -293,12 +294,13 @@ class Items:
 
 
 def check_id(value: str) -> str | None:
-    """Why `value` is not a valid id, or None."""
+    """Why `value` is not an id the engine takes (its rule at the default limits: Rust's
+    `char::is_control` is Unicode category Cc), or None."""
     if not value:
         return "empty"
     if len(value.encode()) > MAX_ID_BYTES:
         return f"over {MAX_ID_BYTES} bytes"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
         return "has a control character"
     return None
 

@@ -19,8 +19,8 @@ pub use time::parse_timestamp;
 
 use read::{read_rows, Value};
 
-/// Ids are keys: the runtime's default `limits.max_id_bytes` (docs/LIMITS.md).
-pub const MAX_ID_BYTES: usize = 256;
+/// The fix for a bad id: the engine's rule at its default limits (docs/LIMITS.md).
+const ID_RULE: &str = "ids are what the engine takes: 1 to 256 bytes, no control characters";
 /// How many line numbers an error lists.
 const EXAMPLES: usize = 5;
 
@@ -146,17 +146,13 @@ pub struct Dataset {
     pub dropped: BTreeMap<String, usize>,
 }
 
-/// Why an id is not one, or `None`.
-fn id_problem(id: &str) -> Option<&'static str> {
-    if id.is_empty() {
-        Some("empty")
-    } else if id.len() > MAX_ID_BYTES {
-        Some("too long")
-    } else if id.chars().any(|c| (c as u32) < 32 || c as u32 == 127) {
-        Some("has a control character")
-    } else {
-        None
-    }
+/// Why an id is not one the engine would accept (its own rule, with the
+/// default limits, so every id a dataset loads with can be observed), or `None`.
+fn id_problem(id: &str) -> Option<String> {
+    l2rec::engine::Limits::default()
+        .check_id(id)
+        .err()
+        .map(|e| e.to_string())
 }
 
 fn split_categories(value: &Value, separator: &str) -> Vec<String> {
@@ -229,7 +225,7 @@ fn load_catalog(cfg: &DataConfig) -> Result<Catalog, DataError> {
                 "{} item id(s) are invalid, e.g. {id:?} ({why})",
                 bad_ids.len()
             ),
-            format!("ids are 1 to {MAX_ID_BYTES} bytes without control characters"),
+            ID_RULE,
         )
         .at(bad_ids.iter().map(|b| b.0).collect()));
     }
@@ -336,7 +332,7 @@ fn load_events(
     if !bad_users.is_empty() {
         return fail(
             format!("{} row(s) have an invalid user id", bad_users.len()),
-            "ids are 1 to 256 bytes without control characters",
+            ID_RULE,
             bad_users,
         );
     }
