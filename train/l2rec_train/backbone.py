@@ -219,25 +219,39 @@ class Backbone:
             self.tok_embd = f.get_tensor("token_embd.weight") if embeddings else None
         self._rope: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @property
+    def device(self) -> torch.device:
+        return self.output_norm.device
+
+    def to(self, device: torch.device) -> Backbone:
+        """Moves every weight (and the cached rope tables) to `device`; returns self."""
+        self.layers = {il: {n: t.to(device) for n, t in w.items()} for il, w in self.layers.items()}
+        self.output_norm = self.output_norm.to(device)
+        if self.tok_embd is not None:
+            self.tok_embd = self.tok_embd.to(device)
+        self._rope = {b: (c.to(device), s.to(device)) for b, (c, s) in self._rope.items()}
+        return self
+
     # -- pieces --------------------------------------------------------------
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.tok_embd is None:
             raise RuntimeError("backbone loaded without token embeddings")
-        return self.tok_embd[tokens] * math.sqrt(self.config.n_embd)
+        return self.tok_embd[tokens.to(self.device)] * math.sqrt(self.config.n_embd)
 
     def _rope_for(self, n_pos: int, il: int) -> tuple[torch.Tensor, torch.Tensor]:
         base = self.config.rope_base_swa if self.config.swa_layers[il] else self.config.rope_base
         cached = self._rope.get(base)
         if cached is None or cached[0].shape[0] < n_pos:
-            cached = rope_tables(max(n_pos, 1024), self.config.head_dim, base)
+            cos, sin = rope_tables(max(n_pos, 1024), self.config.head_dim, base)
+            cached = (cos.to(self.device), sin.to(self.device))
             self._rope[base] = cached
         return cached[0][:n_pos], cached[1][:n_pos]
 
     def _mask(self, q_pos: torch.Tensor, n_keys: int, il: int) -> torch.Tensor:
         """Boolean attend-mask [..., Q, K]: causal, and llama.cpp's sliding window on local layers
         (key p0 is hidden from query p1 when p1 - p0 >= n_swa)."""
-        k_pos = torch.arange(n_keys)
+        k_pos = torch.arange(n_keys, device=q_pos.device)
         diff = q_pos.unsqueeze(-1) - k_pos
         ok = diff >= 0
         if self.config.swa_layers[il]:
@@ -273,7 +287,7 @@ class Backbone:
             if q_index is None
             else torch.gather(x, 1, q_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         )
-        q_pos = torch.arange(T).expand(B, T) if q_index is None else q_index
+        q_pos = torch.arange(T, device=h.device).expand(B, T) if q_index is None else q_index
         M = xq.shape[1]
 
         q = self._linear(il, "attn_q", xq, lora).view(B, M, c.n_head, c.head_dim)

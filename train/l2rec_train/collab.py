@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from . import data, metrics, paths
 from . import distributed as dist_util
 from .config import Config
+from .device import AMPS, autocast, resolve_or_exit
 from .statecache import pad
 
 COLLAB_PARAMS = ("encoder.", "item_id.", "text_proj.", "item_bias")
@@ -58,10 +59,27 @@ def collab_ranks(model, split: data.Split, users, phase: str, max_items: int) ->
         j = users[s : s + 256]
         seen = [split.seen_items(u, phase) for u in j]
         hist = [data.truncate(h, max_items) for h in seen]
-        c = model.collab_states(pad(hist))
-        c_last = c[torch.arange(len(j)), torch.tensor([len(h) - 1 for h in hist])]
+        c = model.collab_states(pad(hist).to(model.device))
+        last = torch.tensor([len(h) - 1 for h in hist], device=model.device)
+        c_last = c[torch.arange(len(j), device=model.device), last]
         out.append(metrics.ranks(model.scores(c_last), targets[j], seen))
     return torch.cat(out)
+
+
+def collab_step(model, optimizer, windows: list[np.ndarray], amp: str) -> tuple[torch.Tensor, int]:
+    """One optimizer step of stage 1 on a batch of windows (catalog rows, oldest first):
+    full-softmax CE of u = c after every item but the last against the next item. Returns
+    (ce, targets); ce stays on the model's device."""
+    items = pad(windows).to(model.device)
+    targets = pad([w[1:] for w in windows], value=-1).to(model.device)
+    mask = targets >= 0
+    with autocast(model.device, amp):
+        c = model.collab_states(items)[:, :-1]
+        ce = F.cross_entropy(model.scores(c[mask]), targets[mask])
+    optimizer.zero_grad(set_to_none=True)
+    ce.backward()
+    optimizer.step()
+    return ce.detach(), sum(len(w) - 1 for w in windows)
 
 
 def fit_collaborative(model, split: data.Split, users, cfg: Config, log=print) -> list[dict]:
@@ -79,16 +97,8 @@ def fit_collaborative(model, split: data.Split, users, cfg: Config, log=print) -
         order = torch.randperm(len(windows), generator=generator).tolist()
         for s in range(0, len(order), t.collab_batch_size):
             batch = [windows[i] for i in order[s : s + t.collab_batch_size]]
-            items = pad(batch)
-            targets = pad([w[1:] for w in batch], value=-1)
-            c = model.collab_states(items)[:, :-1]
-            mask = targets >= 0
-            ce = F.cross_entropy(model.scores(c[mask]), targets[mask])
-            optimizer.zero_grad(set_to_none=True)
-            ce.backward()
-            optimizer.step()
-            n = int(mask.sum())
-            ce_sum, n_sum = ce_sum + float(ce.detach()) * n, n_sum + n
+            ce, n = collab_step(model, optimizer, batch, t.amp)
+            ce_sum, n_sum = ce_sum + float(ce) * n, n_sum + n
         valid = metrics.from_ranks(collab_ranks(model, split, users, "valid", cfg.max_items))
         rows.append(
             {
@@ -132,7 +142,7 @@ def stage_one(cfg: Config, out: Path, log=print) -> tuple[dict, list[str] | None
     if cfg.views["behavioral"].render == "codes":
         spec = {"sizes": [16, 16, 16], "seed": cfg.seed, **cfg.codes}
         with torch.no_grad():
-            vectors = model.item_vectors().numpy()
+            vectors = model.item_vectors().float().cpu().numpy()
         raw = residual_codes(vectors, spec["sizes"], spec["seed"])
         codes = [render(c) for c in raw]
         log(json.dumps({"codes": spec, "items": len(codes), "collisions": collisions(raw)}))
@@ -178,11 +188,17 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=paths.cache_dir() / "runs" / "collab")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="dataset.json or its directory (config's data)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (train.device)")
+    p.add_argument("--amp", choices=AMPS, default=None, help="override train.amp (bf16)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = Config.load(args.config)
     if args.data is not None:
         cfg.data = str(Path(args.data).resolve())
+    cfg.train.device = args.device or cfg.train.device
+    cfg.train.amp = args.amp or cfg.train.amp
+    cfg.validate()
+    resolve_or_exit(cfg.train.device)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in args.seeds:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .backbone import MODULES
+from .device import check_names as check_device_names
 from .prompts import DEFAULT_TEMPLATES, VIEWS
 
 FUSIONS = ("adaptive",) + VIEWS + ("collab",)
@@ -65,6 +66,9 @@ class TrainConfig:
     collab_patience: int = 40  # epochs without a better validation NDCG@10 before stopping
     collab_max_epochs: int = 2000  # a guard only: runs stop by patience long before
     freeze_collab: bool = False  # v2: the LLM stages leave stage 1's parameters as selected
+    # Where training runs (device.py): "cpu", "cuda", "cuda:N" or "auto"; --device overrides.
+    device: str = "cpu"
+    amp: str = "off"  # "bf16": bfloat16 autocast in training steps (evaluation stays f32)
 
 
 @dataclass
@@ -131,6 +135,7 @@ class Config:
             raise ValueError(
                 f"train.bias_init must be popularity or zero, got {self.train.bias_init!r}"
             )
+        check_device_names(self.train.device, self.train.amp)
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.phi_init not in ("normal", "zero"):

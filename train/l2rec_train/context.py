@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, paths
+from . import data, device, paths
 from . import distributed as dist_util
 from .backbone import Backbone
 from .config import Config
@@ -89,12 +89,13 @@ def build_context(cfg: Config, seed_model: bool = True, codes: list[str] | None 
             raise ValueError("this config renders codes in the behavioral view: pass its codes")
         catalog = replace(catalog, codes=codes)
     tokenizer = Tokenizer.load()
-    backbone = Backbone()
+    dev = device.resolve(cfg.train.device)
+    backbone = Backbone().to(dev)  # the state caches are built where training runs
     semantic = prompt_builders(cfg, tokenizer, catalog, ("semantic",))["semantic"]
     t = text_states(backbone, semantic, len(catalog))
     if seed_model:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model = L2Rec(cfg, backbone, len(split), t)
+    model = device.place(L2Rec(cfg, backbone, len(split), t), dev)
     builders = prompt_builders(cfg, tokenizer, catalog, model.active_views)
     n = len(split) if cfg.train.max_users <= 0 else min(cfg.train.max_users, len(split))
     users = range(n)
@@ -117,9 +118,11 @@ def build_context(cfg: Config, seed_model: bool = True, codes: list[str] | None 
     return Context(cfg, catalog, split, backbone, builders, model, users, train_set, valid_index)
 
 
-def load_for_inference(checkpoint: Path) -> Context:
+def load_for_inference(checkpoint: Path, on: str | None = None) -> Context:
+    """A checkpoint's model, on device `on` (default: the CPU, wherever it was trained)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = Config(**state["config"])
+    cfg.train.device = on or "cpu"
     ctx = build_context(cfg, codes=state.get("codes"))
     ctx.model.load_state_dict(state["model"])
     return ctx

@@ -17,6 +17,7 @@ import torch
 
 from . import distributed as dist_util
 from .context import load_for_inference
+from .device import backend, resolve_or_exit
 from .train import evaluate
 
 
@@ -39,12 +40,13 @@ def main(argv=None) -> None:
         help="remove the user's earlier items from the ranking (history) or not (none)",
     )
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--ranks", default=None, help="also write the per-user target ranks (.npy) here")
     args = p.parse_args(argv)
-    dist_util.init()
+    dist_util.init(backend(resolve_or_exit(args.device)))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    ctx = load_for_inference(Path(args.checkpoint))
+    ctx = load_for_inference(Path(args.checkpoint), on=args.device)
     result, ranks = evaluate(ctx, args.phase, phi=args.phi, exclude=args.exclude)
     if dist_util.rank() == 0:
         if args.ranks:

@@ -27,18 +27,21 @@ KS = (10, 20)
 def ranks(
     scores: torch.Tensor, targets: torch.Tensor, exclude: Sequence[np.ndarray] | None = None
 ) -> torch.Tensor:
-    """Rank of each target among its row's scores [B, N], excluded items removed."""
+    """Rank of each target among its row's scores [B, N], excluded items removed; on the
+    scores' device, returned on the CPU."""
     s = scores.detach().float().clone()
+    targets = targets.to(s.device)
     if exclude is not None:
+        host_targets = targets.tolist()
         for b, items in enumerate(exclude):
             items = np.asarray(items, dtype=np.int64)
-            items = items[items != int(targets[b])]
-            s[b, torch.from_numpy(items)] = -math.inf
+            items = items[items != host_targets[b]]
+            s[b, torch.from_numpy(items).to(s.device)] = -math.inf
     t = s.gather(1, targets[:, None])
-    rows = torch.arange(s.shape[1])
+    rows = torch.arange(s.shape[1], device=s.device)
     higher = (s > t).sum(1)
     tied_before = ((s == t) & (rows[None, :] < targets[:, None])).sum(1)
-    return higher + tied_before
+    return (higher + tied_before).cpu()
 
 
 def from_ranks(r: torch.Tensor | np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:

@@ -171,6 +171,11 @@ class L2Rec(nn.Module):
             nn.init.normal_(g.weight, std=1.0 / math.sqrt(self.cfg.d_phi))
             nn.init.zeros_(g.bias)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (`device.place` moves them and the backbone together)."""
+        return self.item_bias.device
+
     @torch.no_grad()
     def init_item_bias(self, counts: np.ndarray) -> None:
         """Starts the item bias at log-popularity (centered): the full-softmax optimum of a
@@ -251,7 +256,9 @@ class L2Rec(nn.Module):
             items, positions, last = inputs["history"]
             c_all = self.collab_states(items)
             c_at = c_all.gather(1, positions[..., None].expand(-1, -1, c_all.shape[-1]))
-            c_gate = c_all[torch.arange(len(last)), last]  # the whole prompt's state
+            c_gate = c_all[
+                torch.arange(len(last), device=last.device), last
+            ]  # the whole prompt's state
         states = {v: self.view_states(v, phi, c_gate, *inputs[v]) for v in self.active_views}
         return self.preference(states, c_at)
 
@@ -277,9 +284,9 @@ class L2Rec(nn.Module):
 
     def forward(self, users: torch.Tensor, inputs: dict, targets: torch.Tensor, mask: torch.Tensor):
         """Teacher-forced loss: full-softmax CE of s(u_t, .) against targets [B, M] where mask,
-        plus L2 on the batch users' phi. Returns (loss, number of targets)."""
+        plus L2 on the batch users' phi. Returns (loss, ce) on the model's device."""
         u = self.user_vectors(users, inputs)
         logits = self.scores(u[mask])
         ce = F.cross_entropy(logits, targets[mask])
         l2 = self.phi(users).pow(2).sum(-1).mean()
-        return ce + self.cfg.train.phi_l2 * l2, ce.detach(), int(mask.sum())
+        return ce + self.cfg.train.phi_l2 * l2, ce.detach()

@@ -16,6 +16,7 @@ from . import data
 from .backbone import Backbone
 from .config import Config
 from .data import Catalog, Split
+from .device import to
 from .prompts import VIEWS, PromptBuilder, Template
 from .statecache import StateStore, pad
 from .tokenizer import Tokenizer
@@ -194,7 +195,7 @@ def base_view_states(
 def base_states_after_items(model, vp: ViewPrompts, idx: list[int]) -> list[torch.Tensor]:
     """The base model's (no adapters) states after every item of prompts `idx` of one view,
     one [n_items, d] tensor per prompt."""
-    h, out_index = vp.inputs(idx, [vp.ends[i] for i in idx])
+    h, out_index = to(vp.inputs(idx, [vp.ends[i] for i in idx]), model.device)
     st = model.backbone.run(h, model.first_layer, model.backbone.config.n_layer, None, out_index)
     return [st[b, : len(vp.ends[i])] for b, i in enumerate(idx)]
 
@@ -209,6 +210,6 @@ def compute_text_states(
             rows = range(s, min(s + batch, n_items))
             built = [builder.build(np.array([r])) for r in rows]
             tokens = pad([t for t, _ in built])
-            last = torch.tensor([[len(t) - 1] for t, _ in built])
-            out[s : s + len(rows)] = backbone.states(tokens, out_index=last)[:, 0]
+            last = torch.tensor([[len(t) - 1] for t, _ in built], device=backbone.device)
+            out[s : s + len(rows)] = backbone.states(tokens, out_index=last)[:, 0].cpu()
     return out

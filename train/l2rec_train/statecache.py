@@ -134,7 +134,7 @@ def _build(backbone, layer, prompts, directory, offsets, d, max_tokens, name) ->
     ):
         for idx in mine:
             tokens = pad([prompts[i] for i in idx])
-            h = backbone.run(backbone.embed(tokens), 0, layer).numpy()
+            h = backbone.run(backbone.embed(tokens), 0, layer).cpu().numpy()
             for b, i in enumerate(idx):
                 out[offsets[i] : offsets[i + 1]] = h[b, : lengths[i]]
             bar.update(int(lengths[idx].sum()))

@@ -6,6 +6,7 @@ validation NDCG@10, exports a bundle.
     python -m l2rec_train.train --config configs/small.json --out runs/small
     python -m l2rec_train.train --config configs/small.json --out runs/small --resume
     torchrun --nproc_per_node 2 -m l2rec_train.train --config ... --out ...   (DDP, gloo)
+    l2rec-train --device cuda --amp bf16 ...   (a GPU; under torchrun NCCL, one GPU per rank)
 
 Writes into --out: config.json, data-summary.json (what the dataset kept and dropped),
 log.jsonl (one line per epoch), last.pt (resume
@@ -31,12 +32,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from . import device
 from . import distributed as dist_util
 from . import metrics as M
 from .collab import COLLAB_PARAMS, stage_one
 from .config import Config
 from .context import Context, build_context
 from .dataset import DataError, load_dataset, summary_text
+from .device import autocast, to
 from .export import export_bundle
 from .model import L2Rec
 from .pipeline import (
@@ -83,7 +86,7 @@ def evaluate(
         disable=not progress or dist_util.rank() != 0,
     ):
         j = mine[s : s + batch_size]
-        u_rows, inputs = pset.last_state_batch(prompt_of[j].tolist())
+        u_rows, inputs = to(pset.last_state_batch(prompt_of[j].tolist()), model.device)
         ph = phi_mean.expand(len(j), -1) if phi == "mean" else None
         u = model.user_vectors(u_rows, inputs, phi=ph)[:, 0]
         excl = [split.seen_items(int(x), phase) for x in users[j]] if exclude == "history" else None
@@ -128,6 +131,22 @@ def make_optimizer(model: L2Rec, cfg: Config) -> torch.optim.Optimizer:
     )
 
 
+def train_step(net, model: L2Rec, optimizer, batch: tuple, cfg: Config) -> tuple[torch.Tensor, int]:
+    """One optimizer step on a teacher-forcing batch (built on the CPU, moved to the model's
+    device here), the forward under `train.amp`'s autocast. Returns (ce, targets); ce is a
+    device tensor, so the caller decides when to wait for it."""
+    n = int(batch[3].sum())  # counted on the host: no wait for the device
+    users, inputs, targets, mask = to(batch, model.device)
+    with autocast(model.device, cfg.train.amp):
+        loss, ce = net(users, inputs, targets, mask)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    return ce, n
+
+
 def train_epoch(ctx: Context, net, optimizer, epoch: int) -> dict:
     cfg, pset = ctx.cfg, ctx.train_set
     rank, world = dist_util.rank(), dist_util.world_size()
@@ -146,13 +165,9 @@ def train_epoch(ctx: Context, net, optimizer, epoch: int) -> dict:
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=rank != 0, smoothing=0.1)
     for batch in bar:
         idx = batch[rank::world]
-        users, inputs, targets, mask = pset.teacher_forcing_batch(idx)
-        loss, ce, n = net(users, inputs, targets, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
+        step_batch = pset.teacher_forcing_batch(idx)
+        ce, n = train_step(net, ctx.model, optimizer, step_batch, cfg)
+        inputs = step_batch[1]
         ce_sum += float(ce) * n
         n_sum += n
         tokens += sum(int(inputs[v][0].shape[1]) * len(idx) for v in pset.views)
@@ -184,8 +199,8 @@ def base_states(ctx: Context, batch_size: int = 8) -> tuple[dict, dict, torch.Te
         idx = list(range(s, min(s + batch_size, len(pset))))
         for v in model.active_views:
             for states in base_states_after_items(model, pset.views[v], idx):
-                before[v].append(states[:-1])
-                last[v].append(states[-1])
+                before[v].append(states[:-1].cpu())  # on the host: N states, any N
+                last[v].append(states[-1].cpu())
     targets = [int(t) for i in range(len(pset)) for t in pset.targets_of(i)]
     return (
         {v: torch.cat(x) for v, x in before.items()},
@@ -207,11 +222,12 @@ def collab_reader(ctx: Context):
             return None
         if j is None:
             rows = ctx.valid_index
-            c = model.collab_states(pad([windows[i] for i in rows]))
-            return c[torch.arange(len(rows)), torch.tensor([len(windows[i]) - 1 for i in rows])]
+            c = model.collab_states(pad([windows[i] for i in rows]).to(model.device))
+            last = torch.tensor([len(windows[i]) - 1 for i in rows], device=model.device)
+            return c[torch.arange(len(rows), device=model.device), last]
         uniq, inv = np.unique(win_of[j.numpy()], return_inverse=True)
-        c = model.collab_states(pad([windows[i] for i in uniq]))
-        return c[torch.from_numpy(inv), torch.from_numpy(pos_of[j.numpy()])]
+        c = model.collab_states(pad([windows[i] for i in uniq]).to(model.device))
+        return c[to((torch.from_numpy(inv), torch.from_numpy(pos_of[j.numpy()])), model.device)]
 
     return at
 
@@ -235,8 +251,8 @@ def warmup_heads(
     optimizer = torch.optim.AdamW(
         heads, lr=cfg.train.lr_warmup or cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
-    users = np.array(list(ctx.users))
-    valid_states = {v: x[torch.from_numpy(ctx.valid_index)] for v, x in last.items()}
+    users, dev = np.array(list(ctx.users)), model.device
+    valid_states = to({v: x[torch.from_numpy(ctx.valid_index)] for v, x in last.items()}, dev)
     exclude = [split.seen_items(int(u), "valid") for u in users]
     best, rows = floor, []
     best_state = {k: v.clone() for k, v in model.state_dict().items()}  # the floor's weights
@@ -247,8 +263,9 @@ def warmup_heads(
         ce_sum = 0.0
         for s in range(0, len(order), batch_size):
             j = order[s : s + batch_size]
-            u = model.preference({v: x[j] for v, x in before.items()}, collab_at(j))
-            ce = torch.nn.functional.cross_entropy(model.scores(u), targets[j])
+            with autocast(model.device, cfg.train.amp):
+                u = model.preference(to({v: x[j] for v, x in before.items()}, dev), collab_at(j))
+                ce = torch.nn.functional.cross_entropy(model.scores(u), targets[j].to(dev))
             optimizer.zero_grad(set_to_none=True)
             ce.backward()
             optimizer.step()
@@ -329,6 +346,12 @@ def main(argv=None) -> None:
         "--threads", type=int, default=None, help="torch threads per process (overrides config)"
     )
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:N or auto (overrides train.device; under torchrun: LOCAL_RANK's GPU)",
+    )
+    p.add_argument("--amp", choices=device.AMPS, default=None, help="override train.amp (bf16)")
     p.add_argument("--no-test", action="store_true", help="skip the final test evaluation")
     p.add_argument("--no-export", action="store_true", help="skip writing OUT/bundle")
     args = p.parse_args(argv)
@@ -338,11 +361,15 @@ def main(argv=None) -> None:
     if not (args.config and args.out):
         p.error("--config and --out are needed to train (or --check to validate the data)")
 
-    distributed = dist_util.init()
-    rank = dist_util.rank()
     cfg = Config.load(args.config)
     if args.data is not None:
         cfg.data = str(Path(args.data).resolve())
+    cfg.train.device = args.device or cfg.train.device
+    cfg.train.amp = args.amp or cfg.train.amp
+    cfg.validate()
+    dev = device.resolve_or_exit(cfg.train.device)  # before any data or cache work
+    distributed = dist_util.init(device.backend(dev))
+    rank = dist_util.rank()
     summary = check_data(cfg.data or None, quiet=rank != 0)  # errors before hours of training
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
@@ -403,7 +430,10 @@ def main(argv=None) -> None:
                 save_checkpoint(out / "best.pt", ctx, None, -1, best)
         if rank == 0:  # the heads-only model (or stage 1, if no warmup epoch beat it)
             save_checkpoint(out / "warmup.pt", ctx, None, -1, best)
-    net = DDP(ctx.model, broadcast_buffers=False) if distributed else ctx.model
+    net = ctx.model
+    if distributed:
+        on_gpu = [dev.index] if dev.type == "cuda" else None
+        net = DDP(ctx.model, broadcast_buffers=False, device_ids=on_gpu)
 
     stale = 0
     for epoch in range(start, cfg.train.epochs):
@@ -454,6 +484,7 @@ def main(argv=None) -> None:
             (out / "test-ranks.json").write_text(json.dumps(ranks_by_user) + "\n")
         print(json.dumps(result))
         if not args.no_export and cfg.fusion == "adaptive":
+            device.place(ctx.model, torch.device("cpu"))  # the bundle is written from host memory
             export_bundle(
                 ctx.model, ctx.catalog, ctx.trained_user_ids, ctx.trained_user_rows, out / "bundle"
             )
