@@ -1,8 +1,10 @@
 //! `l2rec bench backbone`: our backbone API against a bare llama.cpp loop,
 //! the cost of the expert mixture, and of incremental history updates.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use l2rec::backbone::{
     default_threads, Backbone, BackboneConfig, Expert, ModelInfo, Session, Token,
 };
@@ -28,6 +30,10 @@ pub struct BackboneArgs {
     /// History length of the semantic pass.
     #[arg(long, default_value_t = 20)]
     pub items: usize,
+    /// The dataset (docs/DATA.md) whose item texts and prompt words the pass
+    /// reads: a dataset.json or its directory (default: MovieLens-100K).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }
 
 fn median(mut times: Vec<Duration>) -> f64 {
@@ -84,16 +90,23 @@ fn built_for() -> Vec<&'static str> {
     features
 }
 
-fn semantic_prompt(data: &Dataset, items: usize) -> (String, String) {
-    let (_, template) = l2rec_dev::zeroshot::default_templates();
-    let rows = &data.histories[0].rows;
+/// The semantic prompts of a history's first `items - 1` and `items` items,
+/// from the first user with that many.
+fn semantic_prompt(data: &Dataset, items: usize) -> anyhow::Result<(String, String)> {
+    let (_, template) = l2rec_dev::zeroshot::templates(&data.prompts);
+    let rows = &data
+        .histories
+        .iter()
+        .find(|h| h.rows.len() >= items)
+        .with_context(|| format!("{}: no user has {items} items (lower --items)", data.name))?
+        .rows;
     let render = |n: usize| {
         let refs = rows[..n]
             .iter()
             .map(|&r| ItemRef::text_only(&data.catalog.texts[r as usize]));
         template.render(View::Semantic, refs)
     };
-    (render(items - 1), render(items))
+    Ok((render(items - 1), render(items)))
 }
 
 fn random_experts(
@@ -139,8 +152,9 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let bb = Backbone::open_verified(info.clone(), config.clone())?;
-    let data = Dataset::ml100k()?;
-    let (shorter, prompt) = semantic_prompt(&data, args.items);
+    anyhow::ensure!(args.items >= 2, "--items must be 2 or more");
+    let data = Dataset::load(args.data.as_deref())?;
+    let (shorter, prompt) = semantic_prompt(&data, args.items)?;
     let tokens = bb.tokenize(&prompt)?;
     let shorter = bb.tokenize(&shorter)?;
     let mut session = bb.session()?;
@@ -179,6 +193,7 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
 
     let report = json!({
         "tokens": tokens.len(),
+        "dataset": data.name,
         "threads": threads,
         "reps": args.reps,
         "raw_tokens_per_s": tokens.len() as f64 / raw,

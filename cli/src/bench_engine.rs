@@ -1,4 +1,5 @@
-//! `l2rec bench engine`: the engine on the real model and the ml-100k catalog.
+//! `l2rec bench engine`: the engine on the real model and a dataset's catalog
+//! (ml-100k unless `--data` names another).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,7 +34,16 @@ pub struct EngineArgs {
     /// process, so the builder's memory is not counted as the engine's.
     #[arg(long)]
     pub bundle: Option<PathBuf>,
+    /// The dataset (docs/DATA.md) whose catalog and users the bench serves: a
+    /// dataset.json or its directory (default: MovieLens-100K). A `--bundle`
+    /// must have been trained on it.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }
+
+/// Items the bench user observes before its cold recommendation (fewer when
+/// the dataset's longest history is shorter).
+const BENCH_ITEMS: usize = 20;
 
 fn percentile(times: &mut [Duration], p: f64) -> f64 {
     times.sort();
@@ -52,23 +62,17 @@ fn peak_rss_mb() -> f64 {
     kb / 1024.0
 }
 
-/// The zero-shot ml-100k bundle with 4 random rank-8 experts per view (k = 2)
+/// The dataset's zero-shot bundle with 4 random rank-8 experts per view (k = 2)
 /// on attn_q/attn_v of the top 4 layers and random gates: the shape of a
 /// trained bundle, so personalization has work to do.
 fn bench_bundle(backbone: &Backbone, data: &Dataset, dir: &Path) -> anyhow::Result<PathBuf> {
-    let zero = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256, &data.name, &data.catalog);
+    let zero = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256, data);
     if Bundle::open(&zero, backbone.info()).is_err() {
         eprintln!(
             "building the zero-shot bundle first (cached at {})",
             zero.display()
         );
-        l2rec_dev::zeroshot::build(
-            backbone,
-            &data.name,
-            &data.catalog,
-            &zero,
-            &mut Progress::none(),
-        )?;
+        l2rec_dev::zeroshot::build(backbone, data, &zero, &mut Progress::none())?;
     }
     let base = Bundle::open(&zero, backbone.info())?;
     let info = backbone.info();
@@ -148,6 +152,20 @@ fn observe_p50(engine: &Engine, user: &str, data: &Dataset, n: usize) -> anyhow:
     Ok(percentile(&mut times, 0.5))
 }
 
+/// The bench user's history: the first with twice BENCH_ITEMS items, else
+/// the longest (at least 2 items, or there is nothing to append).
+fn bench_history(data: &Dataset) -> anyhow::Result<&[u32]> {
+    let rows = data
+        .histories
+        .iter()
+        .find(|h| h.rows.len() >= 2 * BENCH_ITEMS)
+        .or_else(|| data.histories.iter().max_by_key(|h| h.rows.len()))
+        .map(|h| h.rows.as_slice())
+        .context("the dataset has no user")?;
+    anyhow::ensure!(rows.len() >= 2, "{}: no user has 2 items", data.name);
+    Ok(rows)
+}
+
 pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
     match &args.bundle {
         Some(bundle) => measure(args, bundle),
@@ -161,7 +179,7 @@ pub fn run(args: &EngineArgs) -> anyhow::Result<()> {
 fn build_then_measure(args: &EngineArgs) -> anyhow::Result<()> {
     let model = l2rec_dev::assets::model_path()?;
     let info = ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
-    let data = Dataset::ml100k()?;
+    let data = Dataset::load(args.data.as_deref())?;
     let tmp = tempfile::tempdir()?;
     let bundle = {
         let backbone = Backbone::open_verified(
@@ -177,6 +195,9 @@ fn build_then_measure(args: &EngineArgs) -> anyhow::Result<()> {
     child.args(["bench", "engine", "--warm", &args.warm.to_string()]);
     child.args(["--events", &args.events.to_string()]);
     child.arg("--bundle").arg(&bundle);
+    if let Some(data) = &args.data {
+        child.arg("--data").arg(data);
+    }
     if args.json {
         child.arg("--json");
     }
@@ -196,7 +217,7 @@ fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
     let memory = MemorySampler::start(&model, Duration::from_millis(10));
     let info = ModelInfo::read(&model, Some(l2rec_dev::assets::MODEL_SHA256))?;
     memory.phase("dataset");
-    let data = Dataset::ml100k()?;
+    let data = Dataset::load(args.data.as_deref())?;
     let tmp = tempfile::tempdir()?;
     let bundle = bundle.to_owned();
     memory.phase("open");
@@ -208,14 +229,11 @@ fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
         args.threads,
     )?;
 
-    // A user with a 20-item ml-100k history.
-    let history = &data
-        .histories
-        .iter()
-        .find(|h| h.rows.len() >= 40)
-        .context("a user with 40 items")?
-        .rows;
-    for (t, &r) in history[..20].iter().enumerate() {
+    // A user with BENCH_ITEMS items and one more to append (ml-100k: the
+    // first with 40 or more; elsewhere the longest if none has that many).
+    let history = bench_history(&data)?;
+    let cold_items = BENCH_ITEMS.min(history.len() - 1);
+    for (t, &r) in history[..cold_items].iter().enumerate() {
         engine.observe("bench", &event(&data.catalog.ids[r as usize], t as i64))?;
     }
     memory.phase("recommend");
@@ -229,7 +247,8 @@ fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
         warm.push(started.elapsed());
     }
     // One appended item: the KV cache takes only its tokens.
-    engine.observe("bench", &event(&data.catalog.ids[history[20] as usize], 20))?;
+    let next = data.catalog.ids[history[cold_items] as usize].as_str();
+    engine.observe("bench", &event(next, cold_items as i64))?;
     let started = Instant::now();
     engine.recommend("bench", 10, RecommendOptions::default())?;
     let appended = started.elapsed().as_secs_f64() * 1e3;
@@ -285,6 +304,7 @@ fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
         "recommend_warm_p50_ms": percentile(&mut warm, 0.5),
         "recommend_warm_p95_ms": percentile(&mut warm, 0.95),
         "recommend_cold_ms": cold,
+        "cold_history_items": cold_items,
         "recommend_after_one_event_ms": appended,
         "recommend_full_history_cold_ms": full_cold,
         "full_history_items": full.len(),
@@ -314,6 +334,8 @@ fn measure(args: &EngineArgs, bundle: &Path) -> anyhow::Result<()> {
         "repack_weights": l2rec::backbone::default_repack(),
         "kv_cache": format!("{:?}", l2rec::backbone::default_kv_cache()),
         "bundle": bundle.display().to_string(),
+        "dataset": data.name,
+        "catalog_items": data.catalog.len(),
         // glibc's mmap threshold pinned (l2rec_dev::allocator), as a phone's
         // allocator behaves; L2REC_GLIBC_MALLOC=default measures without.
         "malloc_mmap_threshold_pinned": l2rec_dev::allocator::pin_mmap_threshold(),

@@ -184,7 +184,7 @@ fn demo_users(args: &DemoArgs, data: &Dataset) -> Vec<String> {
 
 /// The cached zero-shot bundle for this backbone, built on first use.
 fn zero_shot_bundle(backbone: &Backbone, data: &Dataset) -> anyhow::Result<PathBuf> {
-    let dir = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256, &data.name, &data.catalog);
+    let dir = l2rec_dev::zeroshot::cache_dir(&backbone.info().sha256, data);
     if Bundle::open(&dir, backbone.info()).is_ok() {
         return Ok(dir);
     }
@@ -196,8 +196,7 @@ fn zero_shot_bundle(backbone: &Backbone, data: &Dataset) -> anyhow::Result<PathB
     let mut bar = progress_bar("zero-shot bundle: item text states");
     l2rec_dev::zeroshot::build(
         backbone,
-        &data.name,
-        &data.catalog,
+        data,
         &dir,
         &mut Progress::reporting(&mut bar.callback()),
     )?;

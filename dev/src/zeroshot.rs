@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dataset::Catalog;
+use crate::dataset::{Catalog, DataConfig, Dataset, Prompts};
 use crate::random::SplitMix;
 use l2rec::backbone::Backbone;
 use l2rec::bundle::{
@@ -22,26 +22,28 @@ pub const MAX_ITEMS: usize = 50;
 
 /// Bumped whenever the way the zero-shot bundle is computed changes, so that a
 /// bundle cached by an older build is rebuilt rather than served.
-const BUILD: u32 = 3;
+const BUILD: u32 = 4;
 
-/// Where the zero-shot bundle for a backbone is cached.
-pub fn cache_dir(backbone_sha256: &str, dataset: &str, catalog: &Catalog) -> PathBuf {
-    let dataset: String = dataset
+/// Where the zero-shot bundle of a dataset for a backbone is cached.
+pub fn cache_dir(backbone_sha256: &str, data: &Dataset) -> PathBuf {
+    let dataset: String = data
+        .name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     crate::assets::bundles_dir().join(format!(
         "zero-shot-{dataset}-v{BUILD}-{}-{:016x}",
         &backbone_sha256[..12],
-        catalog_digest(catalog)
+        dataset_digest(&data.catalog, &data.prompts)
     ))
 }
 
-/// FNV-1a over the catalog's ids and texts: another catalog under the same
-/// dataset name gets its own cached bundle.
-fn catalog_digest(catalog: &Catalog) -> u64 {
+/// FNV-1a over the catalog's ids and texts and the prompts: another catalog or
+/// wording under the same dataset name gets its own cached bundle.
+fn dataset_digest(catalog: &Catalog, prompts: &Prompts) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for part in catalog.ids.iter().chain(&catalog.texts) {
+    let prompts = [&prompts.behavioral, &prompts.semantic];
+    for part in catalog.ids.iter().chain(&catalog.texts).chain(prompts) {
         for &b in part.as_bytes().iter().chain(&[0]) {
             hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
@@ -49,32 +51,35 @@ fn catalog_digest(catalog: &Catalog) -> u64 {
     hash
 }
 
-/// The prompt templates the project uses for ml-100k.
-pub fn default_templates() -> (Template, Template) {
-    (
-        Template {
-            prefix: "Items a user interacted with, oldest first:\n".into(),
-            sep: "\n".into(),
-        },
-        Template {
-            prefix: "Movies a user watched, oldest first:\n".into(),
-            sep: "\n".into(),
-        },
-    )
+/// The (behavioral, semantic) templates of a dataset's prompts: its own first
+/// lines, one item per line after them.
+pub fn templates(prompts: &Prompts) -> (Template, Template) {
+    let template = |prefix: &str| Template {
+        prefix: prefix.into(),
+        sep: "\n".into(),
+    };
+    (template(&prompts.behavioral), template(&prompts.semantic))
 }
 
-/// Builds the zero-shot bundle for `catalog` (of the dataset `dataset`) into
-/// `dir` (atomically).
+/// The templates of ml-100k (`datasets/ml-100k/dataset.json`), which the
+/// project's tests and benches use.
+pub fn default_templates() -> (Template, Template) {
+    let ml100k = DataConfig::load(None).expect("the built-in ml-100k config parses");
+    templates(&ml100k.prompts)
+}
+
+/// Builds the zero-shot bundle for a dataset's catalog, in its prompts' words,
+/// into `dir` (atomically).
 pub fn build(
     backbone: &Backbone,
-    dataset: &str,
-    catalog: &Catalog,
+    data: &Dataset,
     dir: &Path,
     progress: &mut Progress,
 ) -> Result<PathBuf, ModelError> {
+    let (dataset, catalog) = (&data.name, &data.catalog);
     let info = backbone.info();
     let d = info.n_embd;
-    let (behavioral, semantic) = default_templates();
+    let (behavioral, semantic) = templates(&data.prompts);
     let states = item_text_states(backbone, &semantic, &catalog.texts, progress)?;
     let pca = whitened_pca(&states, d, D_R);
     // Identical states (a broken backbone path) would give an all-zero
@@ -302,5 +307,24 @@ mod tests {
             .collect();
         let var = proj.iter().map(|p| p * p).sum::<f32>() / proj.len() as f32;
         assert!((var - 1.0).abs() < 0.05, "variance {var}");
+    }
+
+    #[test]
+    fn a_bundle_speaks_of_the_items_in_its_datasets_words() {
+        let (behavioral, semantic) = default_templates();
+        assert_eq!(behavioral.prefix, crate::dataset::GENERIC_PREFIX);
+        assert_eq!(semantic.prefix, "Movies a user watched, oldest first:\n");
+        let books = Prompts {
+            semantic: "Books a reader finished, oldest first:\n".into(),
+            ..Prompts::default()
+        };
+        assert_eq!(templates(&books).1.prefix, books.semantic);
+        assert_eq!(templates(&books).1.sep, "\n");
+        let catalog = Catalog::default();
+        // Other words, another cached bundle.
+        assert_ne!(
+            dataset_digest(&catalog, &books),
+            dataset_digest(&catalog, &Prompts::default())
+        );
     }
 }

@@ -34,6 +34,10 @@ fn observed(data: &Dataset) -> Value {
         },
         "catalog": catalog,
         "sequences": sequences,
+        "prompts": {
+            "behavioral": data.prompts.behavioral,
+            "semantic": data.prompts.semantic,
+        },
     })
 }
 

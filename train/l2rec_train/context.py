@@ -17,6 +17,7 @@ from . import distributed as dist_util
 from .backbone import Backbone
 from .config import Config
 from .data import Catalog, Split
+from .dataset import DataConfig
 from .model import L2Rec
 from .pipeline import (
     PromptSet,
@@ -27,6 +28,7 @@ from .pipeline import (
     test_histories,
     train_histories,
 )
+from .prompts import DEFAULT_TEMPLATES, VIEWS
 from .statecache import store_key
 from .tokenizer import Tokenizer
 
@@ -80,9 +82,22 @@ def text_states(backbone: Backbone, builder, n_items: int) -> torch.Tensor:
     return torch.from_numpy(np.load(path))
 
 
+def adopt_dataset_prompts(cfg: Config) -> Config:
+    """A view whose template keeps the default prefix takes its dataset's first line
+    (docs/DATA.md, prompts): a catalog of books is not shown as "Movies a user watched".
+    ml-100k's own prompts are the defaults, so its configs read as before. Idempotent."""
+    prompts = DataConfig.load(cfg.data or None).prompts
+    for v in VIEWS:
+        template = cfg.views[v].template
+        if template["prefix"] == DEFAULT_TEMPLATES[v]["prefix"]:
+            template["prefix"] = getattr(prompts, v)
+    return cfg
+
+
 def build_context(cfg: Config, seed_model: bool = True, codes: list[str] | None = None) -> Context:
     """Only the views the model reads get prompts and state caches (none for "collab").
     A behavioral view that renders codes needs them (stage 1 makes them: train.py)."""
+    adopt_dataset_prompts(cfg)
     catalog, split = data.load(cfg.data or None, cfg.text_genres, cfg.max_text_chars)
     if cfg.views["behavioral"].render == "codes":
         if codes is None and cfg.fusion in ("adaptive", "behavioral"):

@@ -26,6 +26,9 @@ from . import paths
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "datasets" / "ml-100k" / "dataset.json"
+# Both views' prompt prefix when a dataset names none: words that fit any catalog.
+GENERIC_PREFIX = "Items a user interacted with, oldest first:\n"
+MAX_PREFIX_CHARS = 200
 FORMATS = ("atomic", "csv", "jsonl")
 MAX_ID_BYTES = 256  # the runtime's default `limits.max_id_bytes` (docs/LIMITS.md)
 EXAMPLES = 5  # examples an error lists
@@ -78,6 +81,28 @@ class SplitOptions:
 
 
 @dataclass(frozen=True)
+class Prompts:
+    """The first line of each view's prompt, in the data's words; each ends with a newline."""
+
+    behavioral: str = GENERIC_PREFIX
+    semantic: str = GENERIC_PREFIX
+
+    def problem(self) -> str | None:
+        """Why a prefix cannot start a prompt (the dev crate's rule), or None."""
+        for view in ("behavioral", "semantic"):
+            prefix = getattr(self, view)
+            if not prefix.endswith("\n"):
+                return f"prompts.{view} does not end with a newline"
+            line = prefix[:-1]
+            one_line = line.strip() != "" and not any(
+                unicodedata.category(ch) == "Cc" for ch in line
+            )
+            if not one_line or len(prefix) > MAX_PREFIX_CHARS:
+                return f"prompts.{view} is not one line of at most {MAX_PREFIX_CHARS} characters"
+        return None
+
+
+@dataclass(frozen=True)
 class DataConfig:
     name: str
     format: str
@@ -87,6 +112,7 @@ class DataConfig:
     filter: Filter = Filter()
     split: SplitOptions = SplitOptions()
     delimiter: str = ","
+    prompts: Prompts = Prompts()
     source: Path = DEFAULT
 
     @staticmethod
@@ -121,7 +147,19 @@ def parse_config(raw: dict, path: Path) -> DataConfig:
         return obj
 
     known(
-        raw, {"name", "format", "root", "items", "interactions", "filter", "split", "delimiter"}, ""
+        raw,
+        {
+            "name",
+            "format",
+            "root",
+            "items",
+            "interactions",
+            "filter",
+            "split",
+            "delimiter",
+            "prompts",
+        },
+        "",
     )
     fmt = need(raw, "format", "")
     if fmt not in FORMATS:
@@ -141,6 +179,11 @@ def parse_config(raw: dict, path: Path) -> DataConfig:
     if filt.get("kinds") is not None:
         filt["kinds"] = tuple(filt["kinds"])
     split = known(dict(raw.get("split", {})), set(SplitOptions.__dataclass_fields__), "split")
+    prompts = Prompts(
+        **known(dict(raw.get("prompts", {})), set(Prompts.__dataclass_fields__), "prompts")
+    )
+    if (problem := prompts.problem()) is not None:
+        raise DataError(path, problem, 'write one line of text that ends with "\\n"')
     cfg = DataConfig(
         name=need(raw, "name", ""),
         format=fmt,
@@ -150,6 +193,7 @@ def parse_config(raw: dict, path: Path) -> DataConfig:
         filter=Filter(**filt),
         split=SplitOptions(**split),
         delimiter=raw.get("delimiter", ","),
+        prompts=prompts,
         source=path,
     )
     check_options(cfg, path)

@@ -37,7 +37,7 @@ from . import distributed as dist_util
 from . import metrics as M
 from .collab import COLLAB_PARAMS, stage_one
 from .config import Config
-from .context import Context, build_context
+from .context import Context, adopt_dataset_prompts, build_context
 from .dataset import DataError, load_dataset, summary_text
 from .device import autocast, to
 from .export import export_bundle
@@ -371,6 +371,7 @@ def main(argv=None) -> None:
     distributed = dist_util.init(device.backend(dev))
     rank = dist_util.rank()
     summary = check_data(cfg.data or None, quiet=rank != 0)  # errors before hours of training
+    adopt_dataset_prompts(cfg)  # config.json records the prompts the run uses
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
     threads = args.threads if args.threads is not None else cfg.train.threads

@@ -27,6 +27,10 @@ def observed(case: str) -> dict:
             u: [ids[r] for r in [*split.train[k], split.valid[k], split.test[k]]]
             for k, u in enumerate(split.user_ids)
         },
+        "prompts": {
+            "behavioral": ds.config.prompts.behavioral,
+            "semantic": ds.config.prompts.semantic,
+        },
     }
 
 
@@ -87,3 +91,20 @@ def test_ml100k_reexpressed_yields_the_same_split(catalog_split, tmp_path, fmt):
     texts = dict(zip(genres.item_ids, genres.texts, strict=True))
     original = data.load(genres=True)[0]
     assert all(texts[f"m{i}"] == t for i, t in zip(original.item_ids, original.texts, strict=True))
+
+
+def test_a_config_speaks_of_the_items_in_its_datasets_words():
+    from l2rec_train.config import Config
+    from l2rec_train.context import adopt_dataset_prompts
+    from l2rec_train.prompts import DEFAULT_TEMPLATES
+
+    products = adopt_dataset_prompts(Config(data=str(GOLDEN / "csv-strings")))
+    assert products.views["semantic"].template["prefix"].startswith("Products a shopper viewed")
+    assert products.views["behavioral"].template["prefix"] == dataset.GENERIC_PREFIX
+    nameless = adopt_dataset_prompts(Config(data=str(GOLDEN / "jsonl-lists")))
+    assert nameless.views["semantic"].template["prefix"] == dataset.GENERIC_PREFIX
+    chosen = Config(views={"semantic": {"template": {"prefix": "Books, oldest first:\n"}}})
+    chosen.data = str(GOLDEN / "csv-strings")
+    assert adopt_dataset_prompts(chosen).views["semantic"].template["prefix"].startswith("Books")
+    ml100k = adopt_dataset_prompts(Config())  # its dataset.json says what the defaults say
+    assert all(ml100k.views[v].template == DEFAULT_TEMPLATES[v] for v in ("behavioral", "semantic"))

@@ -93,6 +93,52 @@ impl Default for SplitOptions {
     }
 }
 
+/// The first line of each view's prompt: what the items are, in the data's own
+/// words ("Movies a user watched, oldest first:"). Each ends with a newline, as
+/// the prompt rule needs (docs/MODEL.md, prompts).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prompts {
+    pub behavioral: String,
+    pub semantic: String,
+}
+
+/// Both views' prefix when a dataset names none: words that fit any catalog.
+pub const GENERIC_PREFIX: &str = "Items a user interacted with, oldest first:\n";
+
+/// The longest prefix accepted, in characters.
+pub const MAX_PREFIX_CHARS: usize = 200;
+
+impl Default for Prompts {
+    fn default() -> Self {
+        Self {
+            behavioral: GENERIC_PREFIX.into(),
+            semantic: GENERIC_PREFIX.into(),
+        }
+    }
+}
+
+impl Prompts {
+    /// Why a prefix cannot start a prompt, or `None`.
+    fn problem(&self) -> Option<String> {
+        for (view, prefix) in [
+            ("behavioral", &self.behavioral),
+            ("semantic", &self.semantic),
+        ] {
+            let Some(line) = prefix.strip_suffix('\n') else {
+                return Some(format!("prompts.{view} does not end with a newline"));
+            };
+            let one_line = !line.trim().is_empty() && !line.chars().any(char::is_control);
+            if !one_line || prefix.chars().count() > MAX_PREFIX_CHARS {
+                return Some(format!(
+                    "prompts.{view} is not one line of at most {MAX_PREFIX_CHARS} characters"
+                ));
+            }
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -108,6 +154,8 @@ struct Raw {
     split: SplitOptions,
     #[serde(default = "comma")]
     delimiter: String,
+    #[serde(default)]
+    prompts: Prompts,
 }
 
 fn comma() -> String {
@@ -126,6 +174,7 @@ pub struct DataConfig {
     pub filter: Filter,
     pub split: SplitOptions,
     pub delimiter: u8,
+    pub prompts: Prompts,
     /// The file this came from (for messages).
     pub source: PathBuf,
 }
@@ -180,6 +229,9 @@ impl DataConfig {
                 "use leave-one-out",
             );
         }
+        if let Some(problem) = raw.prompts.problem() {
+            return bad(&problem, "write one line of text that ends with \"\\n\"");
+        }
         let delimiter = match raw.delimiter.as_bytes() {
             [d] => *d,
             _ if raw.format != Format::Csv => b',',
@@ -194,6 +246,7 @@ impl DataConfig {
             filter: raw.filter,
             split: raw.split,
             delimiter,
+            prompts: raw.prompts,
             source: source.to_owned(),
         })
     }

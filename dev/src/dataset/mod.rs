@@ -14,7 +14,7 @@ mod time;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-pub use config::{DataConfig, Format, TimeKey};
+pub use config::{DataConfig, Format, Prompts, TimeKey, GENERIC_PREFIX};
 pub use time::parse_timestamp;
 
 use read::{read_rows, Value};
@@ -144,6 +144,8 @@ pub struct Dataset {
     pub histories: Vec<History>,
     /// What the filter dropped, by reason (the trainer's names).
     pub dropped: BTreeMap<String, usize>,
+    /// The first line of each view's prompt, in the data's words.
+    pub prompts: Prompts,
 }
 
 /// Why an id is not one the engine would accept (its own rule, with the
@@ -412,6 +414,7 @@ impl Dataset {
             catalog,
             histories,
             dropped,
+            prompts: cfg.prompts.clone(),
         })
     }
 
