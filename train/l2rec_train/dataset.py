@@ -24,8 +24,8 @@ import numpy as np
 
 from . import paths
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT = REPO / "datasets" / "ml-100k" / "dataset.json"
+# The repository's datasets/, through the package's link to it (or its copy in a wheel).
+DEFAULT = Path(__file__).parent / "datasets" / "ml-100k" / "dataset.json"
 # Both views' prompt prefix when a dataset names none: words that fit any catalog.
 GENERIC_PREFIX = "Items a user interacted with, oldest first:\n"
 MAX_PREFIX_CHARS = 200

@@ -108,3 +108,28 @@ def test_a_config_speaks_of_the_items_in_its_datasets_words():
     assert adopt_dataset_prompts(chosen).views["semantic"].template["prefix"].startswith("Books")
     ml100k = adopt_dataset_prompts(Config())  # its dataset.json says what the defaults say
     assert all(ml100k.views[v].template == DEFAULT_TEMPLATES[v] for v in ("behavioral", "semantic"))
+
+
+def test_a_plain_install_carries_ml100k_config(tmp_path):
+    """A wheel (not only an editable install) holds datasets/ml-100k/dataset.json, so
+    `l2rec-train` finds the default dataset from any install."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    pytest.importorskip("setuptools", reason="building a wheel offline needs setuptools")
+    repo = GOLDEN.parents[1]
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".ruff_cache")
+    shutil.copytree(repo / "train", tmp_path / "train", symlinks=True, ignore=ignore)
+    shutil.copytree(repo / "datasets", tmp_path / "datasets")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + [str(tmp_path / "train"), "-w", str(tmp_path / "wheel")],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        packed = z.read("l2rec_train/datasets/ml-100k/dataset.json")
+    assert packed == (repo / "datasets" / "ml-100k" / "dataset.json").read_bytes()
