@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def reexpress(out: Path, fmt: str, seed: int = 0, copies: int = 1) -> Path:
             "item": "what",
             "timestamp": "when",
         },
+        # ml-100k's own words, so that the views read the prompts the atomic route reads.
+        "prompts": asdict(dataset.DataConfig.load(None).prompts),
     }
     (out / "dataset.json").write_text(json.dumps(config, indent=2) + "\n")
     return out / "dataset.json"

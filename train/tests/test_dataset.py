@@ -91,6 +91,7 @@ def test_ml100k_reexpressed_yields_the_same_split(catalog_split, tmp_path, fmt):
     texts = dict(zip(genres.item_ids, genres.texts, strict=True))
     original = data.load(genres=True)[0]
     assert all(texts[f"m{i}"] == t for i, t in zip(original.item_ids, original.texts, strict=True))
+    assert ds.config.prompts == dataset.DataConfig.load(None).prompts  # the same words
 
 
 def test_a_config_speaks_of_the_items_in_its_datasets_words():
