@@ -12,7 +12,10 @@ use crate::prompt::View;
 
 /// One view's states around the current mixture `g0`, at every target position:
 /// `h(g) ~ at_g0 + sum_k (g[k] - g0[k]) * directions[k]`, with
-/// `directions[k] = h(e_k) - h(0)` (one backbone pass per expert plus a base pass).
+/// `directions[k] = h(e_k) - h(g0)` (one backbone pass per expert). The gate's
+/// scales sum to one, so `sum_k (g[k] - g0[k]) = 0` and a vector added to every
+/// direction changes nothing: these are MODEL.md's `h(e_k) - h(0)` less the
+/// same `h(g0) - h(0)`, and the pass at `h(0)` is not needed.
 #[derive(Debug, Clone)]
 pub struct Linearization {
     pub g0: Vec<f32>,
@@ -287,6 +290,77 @@ mod tests {
         assert!(
             loss_and_gradient(&problem, &after, &targets).0
                 < loss_and_gradient(&problem, &phi, &targets).0
+        );
+    }
+
+    /// Why the base pass is not needed: the gate's scales sum to one, so
+    /// directions shifted by one vector (`h(e_k) - h(0)` against
+    /// `h(e_k) - h(g0)`) give the same loss and gradient everywhere, also
+    /// where descent switches the chosen experts.
+    #[test]
+    fn a_shift_shared_by_every_direction_changes_nothing() {
+        let (d, d_r, d_phi, k, n, pos) = (6, 4, 3, 4, 9, 4);
+        let mut rng = Noise(11);
+        let heads = Heads {
+            gate_behavioral: rng.linear(k, d_phi, 2.0),
+            gate_semantic: rng.linear(k, d_phi, 2.0),
+            gate_read: Default::default(),
+            encoder: None,
+            phi_mean: rng.values(d_phi, 0.3),
+            proj_behavioral: rng.linear(d_r, d, 0.5),
+            proj_semantic: rng.linear(d_r, d, 0.5),
+            fusion: rng.linear(d_r, 3 * d_r, 0.5),
+            text_proj: rng.linear(d_r, d, 0.5),
+        };
+        let forward = HeadsForward::new(&heads, PerView::new(2, 2));
+        let phi0 = rng.values(d_phi, 0.7);
+        let mut anchored = PerView::from_fn(|_| rng.linearization(k, pos, d));
+        let mut shifted = anchored.clone();
+        for view in [View::Behavioral, View::Semantic] {
+            let g0 = forward.scales(view, &phi0, None);
+            assert!((g0.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            anchored[view].g0 = g0.clone();
+            shifted[view].g0 = g0;
+            let shift: Vec<Vec<f32>> = (0..pos).map(|_| rng.values(d, 3.0)).collect();
+            for dir in &mut shifted[view].directions {
+                for (h, s) in dir.iter_mut().zip(&shift) {
+                    h.iter_mut().zip(s).for_each(|(h, s)| *h += s);
+                }
+            }
+        }
+        let (items, bias) = (rng.values(n * d_r, 1.0), rng.values(n, 0.1));
+        let problem = |views| Problem {
+            heads: HeadsForward::new(&heads, PerView::new(2, 2)),
+            views,
+            collab: None,
+            items: &items,
+            bias: &bias,
+            phi_mean: &heads.phi_mean,
+            l2: 0.05,
+        };
+        let (a, b) = (problem(anchored), problem(shifted));
+        let targets = [(0, 3), (1, 5), (2, 0), (3, 8)];
+        let mut chosen = std::collections::BTreeSet::new();
+        for trial in 0..20 {
+            let phi: Vec<f32> = phi0
+                .iter()
+                .zip(rng.values(d_phi, 0.4 * trial as f32))
+                .map(|(p, step)| p + step)
+                .collect();
+            let scales = a.heads.scales(View::Behavioral, &phi, None);
+            chosen.insert(scales.iter().map(|g| *g > 0.0).collect::<Vec<_>>());
+            let ((la, ga), (lb, gb)) = (
+                loss_and_gradient(&a, &phi, &targets),
+                loss_and_gradient(&b, &phi, &targets),
+            );
+            assert!((la - lb).abs() < 1e-4 * (1.0 + la.abs()), "{la} vs {lb}");
+            for (x, y) in ga.iter().zip(&gb) {
+                assert!((x - y).abs() < 1e-3 * (1.0 + x.abs()), "{ga:?} vs {gb:?}");
+            }
+        }
+        assert!(
+            chosen.len() > 1,
+            "the trials never changed the chosen experts"
         );
     }
 }

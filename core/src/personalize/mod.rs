@@ -1,11 +1,12 @@
 //! On-device personalization (SPEC "On-device personalization"): refines a
 //! user's `phi` from their own history. The protocol, in order:
 //!
-//! 1. **linearize**: per view, passes at the current mixture, the base model
-//!    and each expert alone give `h(g)` around `g0` (`gradient::Linearization`);
+//! 1. **linearize**: per view, passes at the current mixture and each expert
+//!    alone give `h(g)` around `g0` (`gradient::Linearization`);
 //! 2. **split** the next-item targets into train and held-back ones;
 //! 3. **descend** on the linearized train loss (`gradient.rs`);
-//! 4. **measure** the held-back loss for real, before and after;
+//! 4. **measure** the held-back loss for real, before (from the pass at the
+//!    current mixture) and after (one more pass per view);
 //! 5. **decide**: the new `phi` is returned only if that loss improved.
 //!
 //! It knows the model (states, heads, items) but no store: the engine saves.
@@ -182,9 +183,9 @@ fn protocol(
         collab,
     } = *run;
     let experts = PerView::from_fn(|v| model.expert_count(v));
-    // Per view: the current and the base mixture and each expert alone; then
-    // the held-back loss before and after (two passes each).
-    let total = 2 * 2 + experts.behavioral + experts.semantic + 4;
+    // Per view: the current mixture and each expert alone, then the mixture
+    // descent found, for the held-back loss after.
+    let total = passes_needed(experts);
     let mut passes = Passes {
         history,
         done: 0,
@@ -216,7 +217,9 @@ fn protocol(
     )?;
     let (train_after, _) = loss_and_gradient(&problem, &phi, train);
 
-    let held_before = measured_loss(model, &mut passes, phi0, collab, held_out)?;
+    // The start's held-back loss reads the passes at g0 the linearization made.
+    let at_g0 = PerView::from_fn(|view| problem.views[view].at_g0.clone());
+    let held_before = loss_of_states(model, &at_g0, collab, held_out);
     let held_after = measured_loss(model, &mut passes, &phi, collab, held_out)?;
     passes.progress.finish(total);
     let saved = held_after < held_before;
@@ -239,6 +242,12 @@ fn protocol(
         report,
         phi: saved.then_some(phi),
     })
+}
+
+/// Backbone passes of one run: per view the current mixture and each expert
+/// alone, and the new mixture for the held-back loss after descent.
+fn passes_needed(experts: PerView<usize>) -> usize {
+    (1 + experts.behavioral + 1) + (1 + experts.semantic + 1)
 }
 
 /// A next-item target: the state after the item at `.0` predicts row `.1`.
@@ -294,16 +303,18 @@ fn linearize(
 ) -> Result<Linearization, ModelError> {
     let g0 = model.heads().scales(view, phi0, gate_c);
     let at_g0 = passes.states(model, view, &g0)?;
-    let base = passes.states(model, view, &vec![0.0; g0.len()])?;
     let mut directions = Vec::with_capacity(g0.len());
     for k in 0..g0.len() {
         let mut one = vec![0.0; g0.len()];
         one[k] = 1.0;
         let alone = passes.states(model, view, &one)?;
+        // h(e_k) - h(g0), not h(e_k) - h(0): the scales sum to one, so a shift
+        // shared by every direction cancels (gradient::Linearization), and the
+        // base pass is saved.
         directions.push(
             alone
                 .iter()
-                .zip(&base)
+                .zip(&at_g0)
                 .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
                 .collect(),
         );
@@ -328,6 +339,17 @@ fn measured_loss(
         .heads()
         .all_scales(phi, collab.map(|c| c.last.as_slice()));
     let states = PerView::try_from_fn(|view| passes.states(model, view, &scales[view]))?;
+    Ok(loss_of_states(model, &states, collab, targets))
+}
+
+/// The mean next-item loss over `targets` from both views' states after each
+/// history item.
+fn loss_of_states(
+    model: &L2Rec,
+    states: &PerView<Vec<Vec<f32>>>,
+    collab: Option<&CollabStates>,
+    targets: &[Target],
+) -> f32 {
     let heads = model.heads();
     let items = model.items();
     let total: f64 = targets
@@ -340,7 +362,7 @@ fn measured_loss(
             cross_entropy(items.vectors(), items.bias(), &u, target).0
         })
         .sum();
-    Ok((total / targets.len().max(1) as f64) as f32)
+    (total / targets.len().max(1) as f64) as f32
 }
 
 fn norm(values: impl Iterator<Item = f32>) -> f32 {
