@@ -2,26 +2,20 @@
 //! and of users below the user minimum are dropped, repeated until both hold;
 //! counted by reason under the trainer's names (`dataset.core_filter`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::config::Filter;
 
 /// A keep-mask over the events.
 pub fn core(
-    users: &[String],
+    users: &[u32],
+    n_users: usize,
     rows: &[u32],
     n_items: usize,
     filter: &Filter,
     dropped: &mut BTreeMap<String, usize>,
 ) -> Vec<bool> {
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let uid: Vec<usize> = users
-        .iter()
-        .map(|u| {
-            let next = index.len();
-            *index.entry(u.as_str()).or_insert(next)
-        })
-        .collect();
+    let uid = |i: usize| users[i] as usize;
     let mut keep = vec![true; rows.len()];
     let mut count = |reason: &str, n: usize| *dropped.entry(reason.to_owned()).or_default() += n;
     loop {
@@ -39,14 +33,14 @@ pub fn core(
         for &i in &weak_items {
             keep[i] = false;
         }
-        let mut user_counts = vec![0usize; index.len()];
+        let mut user_counts = vec![0usize; n_users];
         for i in (0..rows.len()).filter(|&i| keep[i]) {
-            user_counts[uid[i]] += 1;
+            user_counts[uid(i)] += 1;
         }
         let weak_users: Vec<usize> = (0..rows.len())
-            .filter(|&i| keep[i] && user_counts[uid[i]] < filter.min_user_interactions)
+            .filter(|&i| keep[i] && user_counts[uid(i)] < filter.min_user_interactions)
             .collect();
-        let mut gone: Vec<usize> = weak_users.iter().map(|&i| uid[i]).collect();
+        let mut gone: Vec<usize> = weak_users.iter().map(|&i| uid(i)).collect();
         gone.sort_unstable();
         gone.dedup();
         count("users below min_user_interactions", gone.len());

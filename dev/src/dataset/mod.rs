@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 pub use config::{DataConfig, Format, Prompts, TimeKey, GENERIC_PREFIX};
 pub use time::parse_timestamp;
 
-use read::{read_rows, Value};
+use read::{for_each_row, Value};
 
 /// The fix for a bad id: the engine's rule at its default limits (docs/LIMITS.md).
 const ID_RULE: &str = "ids are what the engine takes: 1 to 256 bytes, no control characters";
@@ -189,7 +189,6 @@ fn load_catalog(cfg: &DataConfig) -> Result<Catalog, DataError> {
             .chain(c.fields.iter().map(String::as_str)),
     );
     let col = |name: &str| cols.iter().position(|c| *c == name);
-    let rows = read_rows(&path, cfg.format, cfg.delimiter, &cols)?;
     let separator = match (c.category_separator.as_str(), cfg.format) {
         ("", Format::Atomic) => "",
         ("", _) => "|",
@@ -199,15 +198,15 @@ fn load_catalog(cfg: &DataConfig) -> Result<Catalog, DataError> {
     let (mut bad_ids, mut dups, mut untitled) = (Vec::new(), Vec::new(), Vec::new());
     let text_of =
         |row: &[Value], name: &str| col(name).map_or("", |i| row[i].text()).trim().to_owned();
-    for (n, row) in rows {
+    for_each_row(&path, cfg.format, cfg.delimiter, &cols, |n, row| {
         let id = row[0].text().to_owned();
         if let Some(why) = id_problem(&id) {
             bad_ids.push((n, id, why));
-            continue;
+            return;
         }
         if let Some(&line) = first.get(&id) {
             dups.extend([line, n]);
-            continue;
+            return;
         }
         first.insert(id.clone(), n);
         let title = text_of(&row, &c.title);
@@ -219,7 +218,7 @@ fn load_catalog(cfg: &DataConfig) -> Result<Catalog, DataError> {
             .map_or_else(Vec::new, |i| split_categories(&row[i], separator));
         let fields = c.fields.iter().map(|f| text_of(&row, f)).collect();
         catalog.push(id, title, text_of(&row, &c.year), cats, fields);
-    }
+    })?;
     if let Some((_, id, why)) = bad_ids.first() {
         return Err(DataError::new(
             &path,
@@ -261,11 +260,31 @@ fn load_catalog(cfg: &DataConfig) -> Result<Catalog, DataError> {
     Ok(catalog)
 }
 
-/// Kept events in file order: (user, row, time).
+/// Kept events in file order: (user, row, time), each user an index into
+/// `user_ids` (first appearance first): one word per event, not a string.
+#[derive(Default)]
 struct Events {
-    users: Vec<String>,
+    user_ids: Vec<String>,
+    users: Vec<u32>,
     rows: Vec<u32>,
     times: Vec<f64>,
+}
+
+impl Events {
+    fn push(&mut self, index: &mut HashMap<String, u32>, user: &str, row: u32, time: f64) {
+        let next = self.user_ids.len() as u32;
+        let u = match index.get(user) {
+            Some(&u) => u,
+            None => {
+                index.insert(user.to_owned(), next);
+                self.user_ids.push(user.to_owned());
+                next
+            }
+        };
+        self.users.push(u);
+        self.rows.push(row);
+        self.times.push(time);
+    }
 }
 
 fn load_events(
@@ -281,40 +300,36 @@ fn load_events(
         col(&c.kind).filter(|_| !c.kind.is_empty()),
         col(&c.weight).filter(|_| !c.weight.is_empty()),
     );
-    let mut events = Events {
-        users: Vec::new(),
-        rows: Vec::new(),
-        times: Vec::new(),
-    };
+    let (mut events, mut index) = (Events::default(), HashMap::new());
     let (mut bad_users, mut bad_times, mut bad_weights) = (Vec::new(), Vec::new(), Vec::new());
     let mut unknown: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut drop = |reason: &str| *dropped.entry(reason.to_owned()).or_default() += 1;
-    for (n, row) in read_rows(&path, cfg.format, cfg.delimiter, &cols)? {
+    for_each_row(&path, cfg.format, cfg.delimiter, &cols, |n, row| {
         let (user, item) = (row[0].text(), row[1].text());
         if matches!(row[0], Value::List(_)) || id_problem(user).is_some() {
             bad_users.push(n);
-            continue;
+            return;
         }
         let Some(time) =
             parse_timestamp(row[2].text()).filter(|_| matches!(row[2], Value::Text(_)))
         else {
             bad_times.push(n);
-            continue;
+            return;
         };
         if let Some(w) = weight_col {
             let Ok(weight) = row[w].text().trim().parse::<f64>() else {
                 bad_weights.push(n);
-                continue;
+                return;
             };
             if cfg.filter.min_weight.is_some_and(|min| weight < min) {
                 drop("interactions below min_weight");
-                continue;
+                return;
             }
         }
         if let (Some(kinds), Some(k)) = (&cfg.filter.kinds, kind_col) {
             if !kinds.iter().any(|kind| kind == row[k].text()) || matches!(row[k], Value::List(_)) {
                 drop("interactions of other kinds");
-                continue;
+                return;
             }
         }
         let Some(&r) = rows_by_id
@@ -322,12 +337,10 @@ fn load_events(
             .filter(|_| matches!(row[1], Value::Text(_)))
         else {
             unknown.entry(item.to_owned()).or_default().push(n);
-            continue;
+            return;
         };
-        events.users.push(user.to_owned());
-        events.rows.push(r);
-        events.times.push(time);
-    }
+        events.push(&mut index, user, r, time);
+    })?;
     let fail = |what: String, fix: &str, lines: Vec<usize>| {
         Err(DataError::new(&path, what, fix).at(lines))
     };
@@ -395,6 +408,7 @@ impl Dataset {
         let events = load_events(cfg, &catalog.rows_by_id(), &mut dropped)?;
         let keep = filter::core(
             &events.users,
+            events.user_ids.len(),
             &events.rows,
             catalog.len(),
             &cfg.filter,
@@ -455,25 +469,24 @@ fn histories(events: &Events, keep: &[bool], key: TimeKey) -> Vec<History> {
         TimeKey::Exact => t,
         TimeKey::Recbole => f64::from(recbole_time_key(t, first, last)),
     };
-    let mut order: Vec<&str> = Vec::new();
-    let mut per_user: HashMap<&str, Vec<(f64, u32)>> = HashMap::new();
+    // Users in the order of their first kept event (a user whose first events
+    // were dropped comes where its first kept one is).
+    let mut order: Vec<u32> = Vec::new();
+    let mut per_user: Vec<Vec<(f64, u32)>> = vec![Vec::new(); events.user_ids.len()];
     for i in kept() {
-        let user = events.users[i].as_str();
-        per_user
-            .entry(user)
-            .or_insert_with(|| {
-                order.push(user);
-                Vec::new()
-            })
-            .push((sort_key(events.times[i]), events.rows[i]));
+        let list = &mut per_user[events.users[i] as usize];
+        if list.is_empty() {
+            order.push(events.users[i]);
+        }
+        list.push((sort_key(events.times[i]), events.rows[i]));
     }
     order
         .into_iter()
-        .map(|user| {
-            let mut list = per_user.remove(user).unwrap_or_default();
+        .map(|u| {
+            let mut list = std::mem::take(&mut per_user[u as usize]);
             list.sort_by(|a, b| a.0.total_cmp(&b.0));
             History {
-                user: user.to_owned(),
+                user: events.user_ids[u as usize].clone(),
                 rows: list.into_iter().map(|(_, r)| r).collect(),
             }
         })

@@ -24,14 +24,19 @@ impl Value {
     }
 }
 
-pub type Row = (usize, Vec<Value>);
-
-pub fn read_rows(
+/// Calls `row(line, values)` for every record of the table at `path`, one
+/// value per asked column, without holding more than one record besides the
+/// file's text (the trainer's twin streams too). Errors of the whole file
+/// (missing columns first, then short records or lines that are not JSON)
+/// come after the rows before them were passed on: a caller that gets one
+/// keeps nothing.
+pub fn for_each_row(
     path: &Path,
     format: Format,
     delimiter: u8,
     columns: &[&str],
-) -> Result<Vec<Row>, DataError> {
+    mut row: impl FnMut(usize, Vec<Value>),
+) -> Result<(), DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         DataError::new(
             path,
@@ -48,74 +53,120 @@ pub fn read_rows(
                 .split('\t')
                 .map(|h| h.split(':').next().unwrap_or("").to_owned())
                 .collect();
-            let records = lines.map(|l| l.split('\t').map(str::to_owned).collect());
-            table_rows(path, header, records, columns)
+            let mut table = Table::new(path, &header, columns)?;
+            for (i, line) in lines.enumerate() {
+                let record: Vec<&str> = line.split('\t').collect();
+                table.record(i + 2, &record, &mut row);
+            }
+            table.finish()
         }
         Format::Csv => {
-            let mut records = csv_records(&text, delimiter).into_iter();
-            let header = records.next().unwrap_or_default();
-            table_rows(path, header, records, columns)
+            let mut table: Option<Table> = None;
+            let mut n = 0;
+            let mut fail = None;
+            each_csv_record(&text, delimiter, |record| {
+                n += 1;
+                if fail.is_some() {
+                    return;
+                }
+                match &mut table {
+                    Some(t) => {
+                        let fields: Vec<&str> = record.iter().map(String::as_str).collect();
+                        t.record(n, &fields, &mut row);
+                    }
+                    None => match Table::new(path, &record, columns) {
+                        Ok(t) => table = Some(t),
+                        Err(e) => fail = Some(e),
+                    },
+                }
+            });
+            match (fail, table) {
+                (Some(e), _) => Err(e),
+                (None, Some(t)) => t.finish(),
+                (None, None) => Table::new(path, &[], columns)?.finish(),
+            }
         }
-        Format::Jsonl => jsonl_rows(path, &text, columns),
+        Format::Jsonl => jsonl_rows(path, &text, columns, row),
     }
 }
 
-fn table_rows(
-    path: &Path,
-    header: Vec<String>,
-    records: impl Iterator<Item = Vec<String>>,
-    columns: &[&str],
-) -> Result<Vec<Row>, DataError> {
-    let gone: Vec<String> = columns
-        .iter()
-        .filter(|c| !header.iter().any(|h| h == *c))
-        .map(|c| format!("'{c}'"))
-        .collect();
-    if !gone.is_empty() {
-        return Err(DataError::new(
+/// The asked columns' places in a header, and the records too short to have them.
+struct Table<'p> {
+    path: &'p Path,
+    at: Vec<usize>,
+    widest: usize,
+    short: Vec<usize>,
+}
+
+impl<'p> Table<'p> {
+    fn new(path: &'p Path, header: &[String], columns: &[&str]) -> Result<Self, DataError> {
+        let gone: Vec<String> = columns
+            .iter()
+            .filter(|c| !header.iter().any(|h| h == *c))
+            .map(|c| format!("'{c}'"))
+            .collect();
+        if !gone.is_empty() {
+            return Err(DataError::new(
+                path,
+                format!("no column {} (the header has {header:?})", gone.join(", ")),
+                "map the right names in dataset.json",
+            )
+            .at(vec![1]));
+        }
+        let at: Vec<usize> = columns
+            .iter()
+            .map(|c| header.iter().position(|h| h == c).unwrap_or(0))
+            .collect();
+        let widest = at.iter().copied().max().unwrap_or(0);
+        Ok(Self {
             path,
-            format!("no column {} (the header has {header:?})", gone.join(", ")),
-            "map the right names in dataset.json",
-        )
-        .at(vec![1]));
+            at,
+            widest,
+            short: Vec::new(),
+        })
     }
-    let at: Vec<usize> = columns
-        .iter()
-        .map(|c| header.iter().position(|h| h == c).unwrap_or(0))
-        .collect();
-    let widest = at.iter().copied().max().unwrap_or(0);
-    let (mut rows, mut short) = (Vec::new(), Vec::new());
-    for (n, record) in records.enumerate().map(|(i, r)| (i + 2, r)) {
+
+    /// Passes record `n` on (a blank one is skipped, a short one counted).
+    fn record(&mut self, n: usize, record: &[&str], row: &mut impl FnMut(usize, Vec<Value>)) {
         if record.is_empty() || record == [""] {
-            continue;
+            return;
         }
-        if record.len() <= widest {
-            short.push(n);
-            continue;
+        if record.len() <= self.widest {
+            self.short.push(n);
+            return;
         }
-        rows.push((
+        row(
             n,
-            at.iter().map(|&i| Value::Text(record[i].clone())).collect(),
-        ));
+            self.at
+                .iter()
+                .map(|&i| Value::Text(record[i].to_owned()))
+                .collect(),
+        );
     }
-    if !short.is_empty() {
-        return Err(DataError::new(
-            path,
-            format!("{} row(s) have fewer fields than the header", short.len()),
+
+    fn finish(self) -> Result<(), DataError> {
+        if self.short.is_empty() {
+            return Ok(());
+        }
+        Err(DataError::new(
+            self.path,
+            format!(
+                "{} row(s) have fewer fields than the header",
+                self.short.len()
+            ),
             "fix them",
         )
-        .at(short));
+        .at(self.short))
     }
-    Ok(rows)
 }
 
 /// RFC 4180 records as Python's `csv` reads them (excel dialect): a field that
 /// starts with `"` is quoted (`""` is a quote; text after the closing quote is
 /// kept); quotes inside an unquoted field are literal; a record ends at a
 /// newline outside quotes (`\r\n`, `\n` or `\r`). A blank line is an empty record.
-fn csv_records(text: &str, delimiter: u8) -> Vec<Vec<String>> {
+fn each_csv_record(text: &str, delimiter: u8, mut each: impl FnMut(Vec<String>)) {
     let delimiter = char::from(delimiter);
-    let (mut records, mut record, mut field) = (Vec::new(), Vec::new(), String::new());
+    let (mut record, mut field) = (Vec::new(), String::new());
     let (mut quoted, mut at_start, mut any) = (false, true, false);
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -149,7 +200,7 @@ fn csv_records(text: &str, delimiter: u8) -> Vec<Vec<String>> {
                 if !(record.is_empty() && field.is_empty() && at_start) {
                     record.push(std::mem::take(&mut field));
                 }
-                records.push(std::mem::take(&mut record));
+                each(std::mem::take(&mut record));
                 at_start = true;
                 any = false;
             }
@@ -161,13 +212,17 @@ fn csv_records(text: &str, delimiter: u8) -> Vec<Vec<String>> {
     }
     if any {
         record.push(field);
-        records.push(record);
+        each(record);
     }
-    records
 }
 
-fn jsonl_rows(path: &Path, text: &str, columns: &[&str]) -> Result<Vec<Row>, DataError> {
-    let (mut rows, mut bad, mut lacking) = (Vec::new(), Vec::new(), Vec::new());
+fn jsonl_rows(
+    path: &Path,
+    text: &str,
+    columns: &[&str],
+    mut row: impl FnMut(usize, Vec<Value>),
+) -> Result<(), DataError> {
+    let (mut bad, mut lacking) = (Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l)) {
         if line.trim().is_empty() {
             continue;
@@ -181,7 +236,7 @@ fn jsonl_rows(path: &Path, text: &str, columns: &[&str]) -> Result<Vec<Row>, Dat
             .map(|c| obj.get(*c).map(json_value))
             .collect();
         match values {
-            Some(values) => rows.push((n, values)),
+            Some(values) => row(n, values),
             None => lacking.push(n),
         }
     }
@@ -201,7 +256,7 @@ fn jsonl_rows(path: &Path, text: &str, columns: &[&str]) -> Result<Vec<Row>, Dat
         )
         .at(lacking));
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// A JSON value as the trainer's `json_value` reads it: strings as they are,
