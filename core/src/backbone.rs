@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use crate::ffi::gguf::{GgufError, GgufFile};
 pub use crate::ffi::llama::KvCache;
 pub use crate::ffi::llama::Token;
-use crate::ffi::llama::{Adapter, Context, ContextParams, LlamaError, Model};
+use crate::ffi::llama::{Adapter, Context, ContextParams, LlamaError, Model, Vocabulary};
+use crate::tokenizer::{Tokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {
@@ -30,6 +31,8 @@ pub enum BackboneError {
     },
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
     #[error("{path}: GGUF metadata lacks `{key}`; is this a llama.cpp model file?")]
     MissingMetadata { path: PathBuf, key: String },
     #[error("{path}: {source}")]
@@ -216,6 +219,7 @@ pub const INITIAL_CELLS: u32 = 256;
 #[derive(Clone)]
 pub struct Backbone {
     model: Model,
+    tokenizer: Arc<Tokenizer>,
     info: Arc<ModelInfo>,
     config: BackboneConfig,
 }
@@ -229,12 +233,21 @@ impl Backbone {
     /// Loads a model whose [`ModelInfo`] was just read (and so verified).
     pub fn open_verified(info: ModelInfo, config: BackboneConfig) -> Result<Self, BackboneError> {
         let repack = config.repack_weights.unwrap_or_else(default_repack);
-        let model = Model::load(&info.path, repack).map_err(|source| BackboneError::Llama {
-            path: info.path.clone(),
-            source,
-        })?;
+        // Our tokenizer reads the vocabulary once; llama.cpp loads the model
+        // without it (27 MB of tables it would keep for Gemma).
+        let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&info.path)?)?;
+        let vocabulary = Vocabulary::Skipped {
+            arch: &info.arch,
+            tokens: tokenizer.len(),
+        };
+        let model =
+            Model::load(&info.path, repack, vocabulary).map_err(|source| BackboneError::Llama {
+                path: info.path.clone(),
+                source,
+            })?;
         Ok(Self {
             model,
+            tokenizer: Arc::new(tokenizer),
             info: Arc::new(info),
             config,
         })
@@ -248,8 +261,10 @@ impl Backbone {
         self.model.n_embd()
     }
 
+    /// The prompt's token ids, exactly as llama.cpp's tokenizer gives them
+    /// (`crate::tokenizer`; `tests/tokenizer.rs` holds the two together).
     pub fn tokenize(&self, text: &str) -> Result<Vec<Token>, BackboneError> {
-        self.model.tokenize(text).map_err(eval_error)
+        Ok(self.tokenizer.encode(text))
     }
 
     /// Loads an expert file. The caller validated it (see `lora::validate_expert`).

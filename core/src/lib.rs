@@ -16,3 +16,4 @@ pub mod personalize;
 pub mod progress;
 pub mod prompt;
 pub mod store;
+pub mod tokenizer;

@@ -1,7 +1,9 @@
 """llama.cpp's SPM tokenizer (src/llama-vocab.cpp), reimplemented for the Gemma GGUF vocab.
 
-The runtime tokenizes with llama.cpp (`add_special = true`, `parse_special =
-false`); the trainer must produce the very same ids. llama.cpp's steps:
+The runtime tokenizes as llama.cpp does (`add_special = true`, `parse_special =
+false`), through its own port of these rules (core/src/tokenizer.rs, held to
+llama.cpp's ids by core/tests/tokenizer.rs); the trainer must produce the very
+same ids. llama.cpp's steps:
 
 1. `tokenizer_st_partition`: user-defined tokens (for Gemma: `\\n` runs, space
    runs, tab runs, some HTML tags) are cut out of the text first, longest token

@@ -42,6 +42,9 @@ pub enum GgufError {
     BadName(String),
 }
 
+/// An array of strings as one byte blob and its `n + 1` offsets.
+pub type StringArray = (Vec<u8>, Vec<u32>);
+
 /// A tensor's entry in a GGUF file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
@@ -208,6 +211,96 @@ impl GgufFile {
             }
         };
         Ok(Some(value))
+    }
+
+    /// The key's array: its element type and length, after checking it is one.
+    fn array(
+        &self,
+        key: &str,
+        element: u32,
+        expected: &'static str,
+    ) -> Result<Option<(i64, usize)>, GgufError> {
+        let Some(id) = self.key_id(key) else {
+            return Ok(None);
+        };
+        let kind = self.key_type(id);
+        if kind != sys::GGUF_TYPE_ARRAY {
+            return Err(self.type_error(key, kind, expected));
+        }
+        // SAFETY: `id` names an array of this context (checked above).
+        let (inner, n) = unsafe {
+            (
+                sys::gguf_get_arr_type(self.ctx.as_ptr(), id),
+                sys::gguf_get_arr_n(self.ctx.as_ptr(), id),
+            )
+        };
+        if inner != element {
+            return Err(self.type_error(key, inner, expected));
+        }
+        Ok(Some((id, n)))
+    }
+
+    /// An array of strings as one byte blob and `n + 1` offsets into it
+    /// (string `i` is `blob[offsets[i]..offsets[i + 1]]`); `Ok(None)` when absent.
+    pub fn string_array(&self, key: &str) -> Result<Option<StringArray>, GgufError> {
+        let Some((id, n)) = self.array(key, sys::GGUF_TYPE_STRING, "array of strings")? else {
+            return Ok(None);
+        };
+        let (mut blob, mut offsets) = (Vec::new(), Vec::with_capacity(n + 1));
+        offsets.push(0);
+        for i in 0..n {
+            // SAFETY: `i < n` elements of a string array (checked by `array`); the
+            // string is owned by the context and copied at once.
+            let text = unsafe { CStr::from_ptr(sys::gguf_get_arr_str(self.ctx.as_ptr(), id, i)) };
+            blob.extend_from_slice(text.to_bytes());
+            offsets.push(
+                u32::try_from(blob.len())
+                    .map_err(|_| self.type_error(key, 0, "strings under 4 GiB in all"))?,
+            );
+        }
+        Ok(Some((blob, offsets)))
+    }
+
+    /// An array of f32 values, copied; `Ok(None)` when absent.
+    pub fn f32_array(&self, key: &str) -> Result<Option<Vec<f32>>, GgufError> {
+        let Some((id, n)) = self.array(key, sys::GGUF_TYPE_FLOAT32, "array of f32")? else {
+            return Ok(None);
+        };
+        // SAFETY: the array holds `n` f32 values (type checked by `array`),
+        // contiguous in the context's memory; they are copied at once.
+        let data = unsafe { sys::gguf_get_arr_data(self.ctx.as_ptr(), id) }.cast::<f32>();
+        // SAFETY: as above; `data` is valid for `n` reads.
+        Ok(Some(
+            unsafe { std::slice::from_raw_parts(data, n) }.to_vec(),
+        ))
+    }
+
+    /// An array of i32 values, copied; `Ok(None)` when absent.
+    pub fn i32_array(&self, key: &str) -> Result<Option<Vec<i32>>, GgufError> {
+        let Some((id, n)) = self.array(key, sys::GGUF_TYPE_INT32, "array of i32")? else {
+            return Ok(None);
+        };
+        // SAFETY: as in `f32_array`, for `n` i32 values.
+        let data = unsafe { sys::gguf_get_arr_data(self.ctx.as_ptr(), id) }.cast::<i32>();
+        // SAFETY: as above.
+        Ok(Some(
+            unsafe { std::slice::from_raw_parts(data, n) }.to_vec(),
+        ))
+    }
+
+    /// A boolean value; `Ok(None)` when absent.
+    pub fn boolean(&self, key: &str) -> Result<Option<bool>, GgufError> {
+        let Some(id) = self.key_id(key) else {
+            return Ok(None);
+        };
+        let kind = self.key_type(id);
+        if kind != sys::GGUF_TYPE_BOOL {
+            return Err(self.type_error(key, kind, "bool"));
+        }
+        // SAFETY: the type was checked above.
+        Ok(Some(unsafe {
+            sys::gguf_get_val_bool(self.ctx.as_ptr(), id)
+        }))
     }
 
     pub fn tensors(&self) -> Vec<TensorInfo> {

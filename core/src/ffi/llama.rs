@@ -106,7 +106,7 @@ impl Model {
     /// llama.cpp's own checks do not catch corrupted weights.
     /// `repack` lets ggml copy quantized weights into its interleaved CPU
     /// layouts (anonymous memory); without it every weight stays in the map.
-    pub fn load(path: &Path, repack: bool) -> Result<Self, LlamaError> {
+    pub fn load(path: &Path, repack: bool, vocabulary: Vocabulary) -> Result<Self, LlamaError> {
         init_backend();
         let c_path = c_path(path)?;
         // SAFETY: returns a plain struct of defaults.
@@ -114,6 +114,11 @@ impl Model {
         params.n_gpu_layers = 0;
         params.load_mode = sys::LLAMA_LOAD_MODE_MMAP;
         params.use_extra_bufts = repack;
+        let overrides = vocabulary.overrides();
+        if !overrides.is_empty() {
+            // Read during the load only; `overrides` outlives the call.
+            params.kv_overrides = overrides.as_ptr();
+        }
         // SAFETY: `c_path` is a valid C string for the call; params is by value.
         let ptr = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) };
         let ptr = NonNull::new(ptr).ok_or(LlamaError::ModelLoad)?;
@@ -138,7 +143,12 @@ impl Model {
 
     /// Tokenizes `text`, adding BOS when the model wants it. Control-token text
     /// inside `text` stays plain text: item titles cannot inject special tokens.
+    /// Only for a model loaded with [`Vocabulary::Llama`] (the runtime's own
+    /// tokenizer is `crate::tokenizer`); without it, an error.
     pub fn tokenize(&self, text: &str) -> Result<Vec<Token>, LlamaError> {
+        if !self.has_vocabulary() {
+            return Err(LlamaError::Tokenize(0));
+        }
         let len = i32::try_from(text.len()).map_err(|_| LlamaError::Tokenize(i32::MIN))?;
         // SAFETY: the vocab pointer lives as long as the model.
         let vocab = unsafe { sys::llama_model_get_vocab(self.ptr()) };
@@ -169,6 +179,13 @@ impl Model {
         }
     }
 
+    /// Whether llama.cpp loaded the vocabulary ([`Vocabulary::Llama`]).
+    pub fn has_vocabulary(&self) -> bool {
+        // SAFETY: the vocab pointer lives as long as the model.
+        let kind = unsafe { sys::llama_vocab_type(sys::llama_model_get_vocab(self.ptr())) };
+        kind != sys::LLAMA_VOCAB_TYPE_NONE
+    }
+
     /// Loads a LoRA adapter for this model. The caller has validated the file.
     pub fn load_adapter(&self, path: &Path) -> Result<Adapter, LlamaError> {
         let c_path = c_path(path)?;
@@ -183,6 +200,57 @@ impl Model {
             }),
         })
     }
+}
+
+/// Whether llama.cpp loads the model's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vocabulary<'a> {
+    /// As the file has it: `Model::tokenize` works (tests compare with it).
+    Llama,
+    /// Not at all (`tokenizer.ggml.model` read as "no_vocab", `tokens` dummy
+    /// entries so that token ids stay in range): 27 MB less for Gemma, and
+    /// tokens come from `crate::tokenizer`. `arch` is `general.architecture`.
+    Skipped { arch: &'a str, tokens: usize },
+}
+
+impl Vocabulary<'_> {
+    /// llama.cpp's metadata overrides for this choice, NUL-key terminated
+    /// (empty: none).
+    fn overrides(&self) -> Vec<sys::llama_model_kv_override> {
+        let Self::Skipped { arch, tokens } = *self else {
+            return Vec::new();
+        };
+        let mut model = kv_override(sys::LLAMA_KV_OVERRIDE_TYPE_STR, "tokenizer.ggml.model");
+        model.__bindgen_anon_1.val_str = c_chars("no_vocab");
+        let mut size = kv_override(
+            sys::LLAMA_KV_OVERRIDE_TYPE_INT,
+            &format!("{arch}.vocab_size"),
+        );
+        size.__bindgen_anon_1.val_i64 = tokens as i64;
+        vec![
+            model,
+            size,
+            kv_override(sys::LLAMA_KV_OVERRIDE_TYPE_INT, ""),
+        ]
+    }
+}
+
+fn kv_override(tag: sys::llama_model_kv_override_type, key: &str) -> sys::llama_model_kv_override {
+    sys::llama_model_kv_override {
+        tag,
+        key: c_chars(key),
+        __bindgen_anon_1: sys::llama_model_kv_override__bindgen_ty_1 { val_i64: 0 },
+    }
+}
+
+/// `text` NUL-padded into llama.cpp's 128-byte key and value fields (longer
+/// text is cut at 127 bytes; ours are short constants and an architecture name).
+fn c_chars(text: &str) -> [std::os::raw::c_char; 128] {
+    let mut out = [0 as std::os::raw::c_char; 128];
+    for (o, b) in out.iter_mut().zip(text.bytes().take(127)) {
+        *o = b as std::os::raw::c_char;
+    }
+    out
 }
 
 struct AdapterHandle {
