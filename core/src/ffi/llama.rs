@@ -694,8 +694,8 @@ impl Drop for Context {
 
 /// A bare llama.cpp decode loop for benchmarks: a fresh context with `params`
 /// (the same settings [`Context`] uses), `tokens` decoded from an empty cache
-/// `reps` times with an output on the last token only. Returns each decode's
-/// wall time; no copies, no bookkeeping.
+/// `reps` times in batches of `n_batch` with an output on the last token only.
+/// Returns each decode's wall time; no copies, no bookkeeping.
 #[cfg(feature = "bench")]
 pub fn bench_raw_decode(
     model: &Model,
@@ -703,20 +703,24 @@ pub fn bench_raw_decode(
     tokens: &[Token],
     reps: usize,
 ) -> Result<Vec<std::time::Duration>, LlamaError> {
-    if tokens.is_empty() || tokens.len() > params.n_batch as usize {
+    if tokens.is_empty() || tokens.len() > params.n_ctx as usize {
         return Err(LlamaError::ContextFull {
             tokens: tokens.len(),
-            n_ctx: params.n_batch,
+            n_ctx: params.n_ctx,
         });
     }
+    let n_batch = params.n_batch as usize;
     let mut ctx = Context::new(model, params)?;
-    let last = tokens.len() - 1;
-    ctx.fill_batch(tokens, 0, &[last]);
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         ctx.clear();
         let started = std::time::Instant::now();
-        ctx.run_batch()?;
+        for (c, chunk) in tokens.chunks(n_batch).enumerate() {
+            let last_chunk = (c + 1) * n_batch >= tokens.len();
+            let wanted: &[usize] = if last_chunk { &[chunk.len() - 1] } else { &[] };
+            ctx.fill_batch(chunk, c * n_batch, wanted);
+            ctx.run_batch()?;
+        }
         times.push(started.elapsed());
         if ctx.capture.rows.len() != ctx.n_embd {
             return Err(LlamaError::NoEmbedding(0));
