@@ -43,12 +43,13 @@ def resolve(device: str) -> torch.device:
     if device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        build = torch.version.cuda or "none (a CPU-only build)"
-        raise DeviceError(
-            f"--device {device}: torch {torch.__version__} sees no GPU (its CUDA: {build}); "
-            "install a CUDA build of torch on a machine with an NVIDIA driver, "
-            "or train with --device cpu"
+        why = (
+            f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but sees no GPU "
+            "(no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them)"
+            if torch.version.cuda
+            else f"torch {torch.__version__} is a CPU-only build (install a CUDA build of torch)"
         )
+        raise DeviceError(f"--device {device}: {why}; or train with --device cpu")
     index = int(device.split(":", 1)[1]) if ":" in device else local_rank()
     if index >= torch.cuda.device_count():
         raise DeviceError(
