@@ -1,6 +1,13 @@
 """Converged sequential ID baselines (SASRec, GRU4Rec) under our protocol.
 
     python -m l2rec_train.seqrec SASRec --seeds 0 1 2 [--out DIR]
+    python -m l2rec_train.seqrec SASRec --windows all --text-init configs/v2-collab.json
+
+`--text-init CONFIG` is the text-aware ID model a user would pick instead of an
+LLM (as LLM-ESR and LLM2BERT4Rec start theirs): the item embeddings start from
+the backbone's text states of the items (the texts CONFIG renders: genres, cap),
+reduced to `--dim` by PCA and scaled to the default initialization's spread,
+then train as ID embeddings.
 
 Our own implementations, not RecBole's, for one reason: RecBole's sequential
 trainers expand every prefix into its own sample, which costs 150-210 s per
@@ -121,12 +128,37 @@ def evaluate(model: nn.Module, split: data.Split, phase: str, max_len: int) -> t
     return torch.cat(out)
 
 
+def text_embeddings(config_path: str, data_path: str | None, d: int) -> torch.Tensor:
+    """Item embeddings [N, d] from the backbone's text states of the items (the texts the
+    L2Rec config renders): the top `d` principal directions, scaled to std d**-0.5."""
+    from .backbone import Backbone
+    from .config import Config
+    from .context import adopt_dataset_prompts, text_states
+    from .pipeline import prompt_builders
+    from .tokenizer import Tokenizer
+
+    cfg = Config.load(config_path)
+    if data_path is not None:
+        cfg.data = str(Path(data_path).resolve())
+    adopt_dataset_prompts(cfg)
+    catalog, _ = data.load(cfg.data or None, cfg.text_genres, cfg.max_text_chars)
+    builder = prompt_builders(cfg, Tokenizer.load(), catalog, ("semantic",))["semantic"]
+    t = text_states(Backbone(), builder, len(catalog)).double()
+    t = t - t.mean(0)
+    _, _, v = torch.linalg.svd(t, full_matrices=False)
+    z = t @ v[:d].T
+    return (z / z.std() * d**-0.5).float()
+
+
 def train_one(model_name: str, split: data.Split, n_items: int, seed: int, args) -> dict:
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = MODELS[model_name](
         n_items, args.dim, args.max_len, args.blocks, args.heads, args.dropout
     )
+    if args.text_init is not None:
+        with torch.no_grad():
+            model.item.weight[1:] = args.text_vectors
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     x, y = training_pairs(split, args.max_len, args.windows)
     gen = torch.Generator().manual_seed(seed)
@@ -194,16 +226,25 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="dataset.json or its directory (ml-100k)")
     p.add_argument("--quiet", dest="progress", action="store_false")
+    p.add_argument(
+        "--text-init",
+        default=None,
+        metavar="CONFIG",
+        help="start item embeddings from the backbone's text states (the L2Rec config's texts)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     catalog, split = data.load(args.data)
+    args.text_vectors = (
+        text_embeddings(args.text_init, args.data, args.dim) if args.text_init else None
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in args.seeds:
         run = train_one(args.model, split, len(catalog), seed, args)
         run["command"] = shlex.join([sys.executable, "-m", "l2rec_train.seqrec", *sys.argv[1:]])
         run["hyperparameters"] = {
-            k: v for k, v in vars(args).items() if k not in ("out", "seeds", "name")
+            k: v for k, v in vars(args).items() if k not in ("out", "seeds", "name", "text_vectors")
         }
         (args.out / f"{args.name or args.model}-seed{seed}.json").write_text(json.dumps(run) + "\n")
         runs.append(run)
