@@ -1,4 +1,4 @@
-"""Converged sequential ID baselines (SASRec, GRU4Rec) under our protocol.
+"""Converged sequential ID baselines (SASRec, GRU4Rec, BERT4Rec) under our protocol.
 
     python -m l2rec_train.seqrec SASRec --seeds 0 1 2 [--out DIR]
     python -m l2rec_train.seqrec SASRec --windows all --text-init configs/v2-collab.json
@@ -85,7 +85,55 @@ class GRU4Rec(nn.Module):
         return h @ self.item.weight[1:].T
 
 
-MODELS = {"SASRec": SASRec, "GRU4Rec": GRU4Rec}
+class BERT4Rec(nn.Module):
+    """Sun et al.'s bidirectional encoder trained as a cloze: masked items of the window
+    are predicted from both sides; served with a mask after the history. Item 0 is
+    padding, catalog row r is item r+1, item n+1 is the mask."""
+
+    MASK_RATIO = 0.2
+
+    def __init__(self, n_items: int, d: int, max_len: int, blocks: int, heads: int, dropout: float):
+        super().__init__()
+        self.mask_id = n_items + 1
+        self.item = nn.Embedding(n_items + 2, d, padding_idx=0)
+        self.pos = nn.Embedding(max_len, d)
+        layer = nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.encoder = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+        nn.init.normal_(self.item.weight, std=d**-0.5)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        T = seq.shape[1]
+        x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos.weight[:T]
+        return self.norm(self.encoder(self.drop(x), src_key_padding_mask=seq == 0))
+
+    def scores(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.item.weight[1 : self.mask_id].T
+
+    def cloze(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+        """(inputs, targets) of a batch: the window's items (y's, the last max_len), a
+        random 20% of them masked, or only the last one in half of the windows (what
+        serving asks); targets at the masked positions, -1 elsewhere."""
+        items = torch.where(y >= 0, y + 1, torch.zeros_like(y))
+        real = items > 0
+        masked = (torch.rand(items.shape, generator=gen) < self.MASK_RATIO) & real
+        last_only = torch.rand(len(items), generator=gen) < 0.5
+        last = torch.zeros_like(masked)
+        last[:, -1] = real[:, -1]
+        masked = torch.where(last_only[:, None], last, masked | (last & ~masked.any(1, True)))
+        inputs = torch.where(masked, torch.full_like(items, self.mask_id), items)
+        return inputs, torch.where(masked, y, torch.full_like(y, -1))
+
+    def last_state(self, hist: list[np.ndarray], max_len: int) -> torch.Tensor:
+        seq = left_pad(hist, max_len - 1)
+        seq = torch.cat([seq, torch.full((len(hist), 1), self.mask_id)], dim=1)
+        return self(seq)[:, -1]
+
+
+MODELS = {"SASRec": SASRec, "GRU4Rec": GRU4Rec, "BERT4Rec": BERT4Rec}
 
 
 def left_pad(seqs: list[np.ndarray], length: int) -> torch.Tensor:
@@ -123,7 +171,10 @@ def evaluate(model: nn.Module, split: data.Split, phase: str, max_len: int) -> t
     out = []
     for s in range(0, len(split), 256):
         j = list(range(s, min(s + 256, len(split))))
-        h = model(left_pad([hist[u] for u in j], max_len))[:, -1]
+        if hasattr(model, "last_state"):
+            h = model.last_state([hist[u] for u in j], max_len)
+        else:
+            h = model(left_pad([hist[u] for u in j], max_len))[:, -1]
         out.append(metrics.ranks(model.scores(h), targets[j], [hist[u] for u in j]))
     return torch.cat(out)
 
@@ -169,9 +220,12 @@ def train_one(model_name: str, split: data.Split, n_items: int, seed: int, args)
         order = torch.randperm(len(x), generator=gen)
         for s in range(0, len(order), args.batch_size):
             j = order[s : s + args.batch_size]
-            h = model(x[j])
-            mask = y[j] >= 0
-            loss = F.cross_entropy(model.scores(h[mask]), y[j][mask])
+            inputs, targets = x[j], y[j]
+            if hasattr(model, "cloze"):
+                inputs, targets = model.cloze(inputs, targets, gen)
+            h = model(inputs)
+            mask = targets >= 0
+            loss = F.cross_entropy(model.scores(h[mask]), targets[mask])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
