@@ -163,31 +163,27 @@ impl Tokenizer {
         let add_space_prefix = gguf
             .boolean("tokenizer.ggml.add_space_prefix")?
             .unwrap_or(true);
+        let text = |i: u32| &blob[offsets[i as usize] as usize..offsets[i as usize + 1] as usize];
+        // A stable sort: equal texts keep id order, so `id` finds the last one.
+        let mut by_text: Vec<u32> = (0..n as u32).collect();
+        by_text.sort_by(|&a, &b| text(a).cmp(text(b)));
+        let mut user_defined: Vec<u32> = (0..n as u32)
+            .filter(|&i| types[i as usize] == USER_DEFINED)
+            .filter(|&i| !FORCED_CONTROL.iter().any(|t| t.as_bytes() == text(i)))
+            .collect();
+        // Longest first, as llama.cpp sorts its special tokens; equal lengths
+        // keep id order (Gemma's cannot overlap: runs of one character or tags).
+        user_defined.sort_by_key(|&i| std::cmp::Reverse(text(i).len()));
         let mut tokenizer = Self {
             blob,
             offsets,
             scores,
-            by_text: (0..n as u32).collect(),
-            user_defined: Vec::new(),
+            by_text,
+            user_defined,
             byte_tokens: Vec::new(),
             bos,
             add_space_prefix,
         };
-        let mut by_text = std::mem::take(&mut tokenizer.by_text);
-        by_text.sort_by(|&a, &b| tokenizer.text(a).cmp(tokenizer.text(b)).then(a.cmp(&b)));
-        tokenizer.by_text = by_text;
-        let mut user_defined: Vec<u32> = (0..n as u32)
-            .filter(|&i| types[i as usize] == USER_DEFINED)
-            .filter(|&i| {
-                !FORCED_CONTROL
-                    .iter()
-                    .any(|t| t.as_bytes() == tokenizer.text(i))
-            })
-            .collect();
-        // Longest first, as llama.cpp sorts its special tokens; equal lengths
-        // keep id order (Gemma's cannot overlap: runs of one character or tags).
-        user_defined.sort_by_key(|&i| std::cmp::Reverse(tokenizer.text(i).len()));
-        tokenizer.user_defined = user_defined;
         tokenizer.byte_tokens = (0..=255u8)
             .map(|b| tokenizer.id(format!("<0x{b:02X}>").as_bytes()))
             .collect::<Option<_>>()

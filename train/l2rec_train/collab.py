@@ -192,12 +192,7 @@ def main(argv=None) -> None:
     p.add_argument("--amp", choices=AMPS, default=None, help="override train.amp (bf16)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = Config.load(args.config)
-    if args.data is not None:
-        cfg.data = str(Path(args.data).resolve())
-    cfg.train.device = args.device or cfg.train.device
-    cfg.train.amp = args.amp or cfg.train.amp
-    cfg.validate()
+    cfg = Config.for_run(args.config, args.data, args.device, args.amp)
     resolve_or_exit(cfg.train.device)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []

@@ -180,3 +180,21 @@ class Config:
     @staticmethod
     def load(path: str | Path) -> Config:
         return Config(**json.loads(Path(path).read_text()))
+
+    @staticmethod
+    def for_run(
+        path: str | Path, data: str | None = None, device: str | None = None, amp: str | None = None
+    ) -> Config:
+        """A command's config: the file, with `--data`, `--device` and `--amp` over it. One
+        that cannot be (no file, an unknown key, a bad value) ends the process with one line
+        naming the file."""
+        try:
+            cfg = Config.load(path)
+            if data is not None:
+                cfg.data = str(Path(data).resolve())
+            cfg.train.device = device or cfg.train.device
+            cfg.train.amp = amp or cfg.train.amp
+            cfg.validate()
+        except (OSError, ValueError, TypeError) as e:
+            raise SystemExit(f"error: {path}: {e}") from None
+        return cfg

@@ -46,9 +46,13 @@ from . import data, metrics, paths
 class SASRec(nn.Module):
     """Kang and McAuley's self-attentive encoder; item 0 is padding, catalog row r is item r+1."""
 
+    CAUSAL = True  # a position attends to earlier ones only
+    EXTRA_ITEMS = 0  # embeddings after the catalog's (BERT4Rec: its mask)
+
     def __init__(self, n_items: int, d: int, max_len: int, blocks: int, heads: int, dropout: float):
         super().__init__()
-        self.item = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.n_items = n_items
+        self.item = nn.Embedding(n_items + 1 + self.EXTRA_ITEMS, d, padding_idx=0)
         self.pos = nn.Embedding(max_len, d)
         layer = nn.TransformerEncoderLayer(
             d, heads, 4 * d, dropout, batch_first=True, norm_first=True, activation="gelu"
@@ -62,12 +66,12 @@ class SASRec(nn.Module):
         """States [B, T, d] after every position of left-padded sequences [B, T]."""
         T = seq.shape[1]
         x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos.weight[:T]
-        causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+        causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1) if self.CAUSAL else None
         h = self.encoder(self.drop(x), mask=causal, src_key_padding_mask=seq == 0)
         return self.norm(h)
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self.item.weight[1:].T
+        return h @ self.item.weight[1 : self.n_items + 1].T
 
 
 class GRU4Rec(nn.Module):
@@ -85,33 +89,18 @@ class GRU4Rec(nn.Module):
         return h @ self.item.weight[1:].T
 
 
-class BERT4Rec(nn.Module):
+class BERT4Rec(SASRec):
     """Sun et al.'s bidirectional encoder trained as a cloze: masked items of the window
-    are predicted from both sides; served with a mask after the history. Item 0 is
-    padding, catalog row r is item r+1, item n+1 is the mask."""
+    are predicted from both sides; served with a mask after the history. SASRec's layers
+    without the causal mask; item n+1 is the mask."""
 
+    CAUSAL = False
+    EXTRA_ITEMS = 1
     MASK_RATIO = 0.2
 
-    def __init__(self, n_items: int, d: int, max_len: int, blocks: int, heads: int, dropout: float):
-        super().__init__()
-        self.mask_id = n_items + 1
-        self.item = nn.Embedding(n_items + 2, d, padding_idx=0)
-        self.pos = nn.Embedding(max_len, d)
-        layer = nn.TransformerEncoderLayer(
-            d, heads, 4 * d, dropout, batch_first=True, norm_first=True, activation="gelu"
-        )
-        self.encoder = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
-        nn.init.normal_(self.item.weight, std=d**-0.5)
-
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        T = seq.shape[1]
-        x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos.weight[:T]
-        return self.norm(self.encoder(self.drop(x), src_key_padding_mask=seq == 0))
-
-    def scores(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self.item.weight[1 : self.mask_id].T
+    @property
+    def mask_id(self) -> int:
+        return self.n_items + 1
 
     def cloze(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
         """(inputs, targets) of a batch: the window's items (y's, the last max_len), a
@@ -209,7 +198,7 @@ def train_one(model_name: str, split: data.Split, n_items: int, seed: int, args)
     )
     if args.text_init is not None:
         with torch.no_grad():
-            model.item.weight[1:] = args.text_vectors
+            model.item.weight[1 : n_items + 1] = args.text_vectors
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     x, y = training_pairs(split, args.max_len, args.windows)
     gen = torch.Generator().manual_seed(seed)

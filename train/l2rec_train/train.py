@@ -361,15 +361,7 @@ def main(argv=None) -> None:
     if not (args.config and args.out):
         p.error("--config and --out are needed to train (or --check to validate the data)")
 
-    try:
-        cfg = Config.load(args.config)
-        if args.data is not None:
-            cfg.data = str(Path(args.data).resolve())
-        cfg.train.device = args.device or cfg.train.device
-        cfg.train.amp = args.amp or cfg.train.amp
-        cfg.validate()
-    except (OSError, ValueError, TypeError) as e:  # a config that cannot be: say why, no trace
-        raise SystemExit(f"error: {args.config}: {e}") from None
+    cfg = Config.for_run(args.config, args.data, args.device, args.amp)
     dev = device.resolve_or_exit(cfg.train.device)  # before any data or cache work
     distributed = dist_util.init(device.backend(dev))
     rank = dist_util.rank()

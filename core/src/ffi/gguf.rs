@@ -263,29 +263,33 @@ impl GgufFile {
 
     /// An array of f32 values, copied; `Ok(None)` when absent.
     pub fn f32_array(&self, key: &str) -> Result<Option<Vec<f32>>, GgufError> {
-        let Some((id, n)) = self.array(key, sys::GGUF_TYPE_FLOAT32, "array of f32")? else {
-            return Ok(None);
-        };
-        // SAFETY: the array holds `n` f32 values (type checked by `array`),
-        // contiguous in the context's memory; they are copied at once.
-        let data = unsafe { sys::gguf_get_arr_data(self.ctx.as_ptr(), id) }.cast::<f32>();
-        // SAFETY: as above; `data` is valid for `n` reads.
-        Ok(Some(
-            unsafe { std::slice::from_raw_parts(data, n) }.to_vec(),
-        ))
+        self.plain_array(key, sys::GGUF_TYPE_FLOAT32, "array of f32")
     }
 
     /// An array of i32 values, copied; `Ok(None)` when absent.
     pub fn i32_array(&self, key: &str) -> Result<Option<Vec<i32>>, GgufError> {
-        let Some((id, n)) = self.array(key, sys::GGUF_TYPE_INT32, "array of i32")? else {
+        self.plain_array(key, sys::GGUF_TYPE_INT32, "array of i32")
+    }
+
+    /// An array of fixed-size values of gguf type `element`, which must be
+    /// `T`'s own layout (the callers pair FLOAT32 with f32, INT32 with i32).
+    fn plain_array<T: Copy>(
+        &self,
+        key: &str,
+        element: u32,
+        expected: &'static str,
+    ) -> Result<Option<Vec<T>>, GgufError> {
+        let Some((id, n)) = self.array(key, element, expected)? else {
             return Ok(None);
         };
-        // SAFETY: as in `f32_array`, for `n` i32 values.
-        let data = unsafe { sys::gguf_get_arr_data(self.ctx.as_ptr(), id) }.cast::<i32>();
-        // SAFETY: as above.
-        Ok(Some(
-            unsafe { std::slice::from_raw_parts(data, n) }.to_vec(),
-        ))
+        // SAFETY: the array holds `n` values of type `element` (checked by
+        // `array`), laid out as `T`, contiguous in the context's memory and
+        // valid for `n` reads; they are copied at once.
+        let values = unsafe {
+            let data = sys::gguf_get_arr_data(self.ctx.as_ptr(), id).cast::<T>();
+            std::slice::from_raw_parts(data, n).to_vec()
+        };
+        Ok(Some(values))
     }
 
     /// A boolean value; `Ok(None)` when absent.

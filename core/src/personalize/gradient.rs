@@ -227,6 +227,27 @@ mod tests {
             }
         }
 
+        /// Random heads of a version 1 model: `k` experts per view, gate
+        /// weights of spread `gate_amp`, states of `d`, `u` of `d_r`, `phi` of `d_phi`.
+        fn heads(
+            &mut self,
+            k: usize,
+            (d, d_r, d_phi): (usize, usize, usize),
+            gate_amp: f32,
+        ) -> Heads {
+            Heads {
+                gate_behavioral: self.linear(k, d_phi, gate_amp),
+                gate_semantic: self.linear(k, d_phi, gate_amp),
+                gate_read: Default::default(),
+                encoder: None,
+                phi_mean: self.values(d_phi, 0.3),
+                proj_behavioral: self.linear(d_r, d, 0.5),
+                proj_semantic: self.linear(d_r, d, 0.5),
+                fusion: self.linear(d_r, 3 * d_r, 0.5),
+                text_proj: self.linear(d_r, d, 0.5),
+            }
+        }
+
         fn linearization(&mut self, k: usize, pos: usize, d: usize) -> Linearization {
             Linearization {
                 g0: self.values(k, 0.5).iter().map(|x| x.abs()).collect(),
@@ -242,17 +263,7 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let (d, d_r, d_phi, k, n, pos) = (6, 4, 3, 3, 9, 4);
         let mut rng = Noise(3);
-        let heads = Heads {
-            gate_behavioral: rng.linear(k, d_phi, 1.0),
-            gate_semantic: rng.linear(k, d_phi, 1.0),
-            gate_read: Default::default(),
-            encoder: None,
-            phi_mean: rng.values(d_phi, 0.3),
-            proj_behavioral: rng.linear(d_r, d, 0.5),
-            proj_semantic: rng.linear(d_r, d, 0.5),
-            fusion: rng.linear(d_r, 3 * d_r, 0.5),
-            text_proj: rng.linear(d_r, d, 0.5),
-        };
+        let heads = rng.heads(k, (d, d_r, d_phi), 1.0);
         let items = rng.values(n * d_r, 1.0);
         let bias = rng.values(n, 0.1);
         let problem = Problem {
@@ -301,17 +312,7 @@ mod tests {
     fn a_shift_shared_by_every_direction_changes_nothing() {
         let (d, d_r, d_phi, k, n, pos) = (6, 4, 3, 4, 9, 4);
         let mut rng = Noise(11);
-        let heads = Heads {
-            gate_behavioral: rng.linear(k, d_phi, 2.0),
-            gate_semantic: rng.linear(k, d_phi, 2.0),
-            gate_read: Default::default(),
-            encoder: None,
-            phi_mean: rng.values(d_phi, 0.3),
-            proj_behavioral: rng.linear(d_r, d, 0.5),
-            proj_semantic: rng.linear(d_r, d, 0.5),
-            fusion: rng.linear(d_r, 3 * d_r, 0.5),
-            text_proj: rng.linear(d_r, d, 0.5),
-        };
+        let heads = rng.heads(k, (d, d_r, d_phi), 2.0);
         let forward = HeadsForward::new(&heads, PerView::new(2, 2));
         let phi0 = rng.values(d_phi, 0.7);
         let mut anchored = PerView::from_fn(|_| rng.linearization(k, pos, d));

@@ -218,8 +218,8 @@ fn protocol(
     let (train_after, _) = loss_and_gradient(&problem, &phi, train);
 
     // The start's held-back loss reads the passes at g0 the linearization made.
-    let at_g0 = PerView::from_fn(|view| problem.views[view].at_g0.clone());
-    let held_before = loss_of_states(model, &at_g0, collab, held_out);
+    let at_g0 = problem.views.as_ref().map(|_, l| l.at_g0.as_slice());
+    let held_before = loss_of_states(model, at_g0, collab, held_out);
     let held_after = measured_loss(model, &mut passes, &phi, collab, held_out)?;
     passes.progress.finish(total);
     let saved = held_after < held_before;
@@ -339,14 +339,15 @@ fn measured_loss(
         .heads()
         .all_scales(phi, collab.map(|c| c.last.as_slice()));
     let states = PerView::try_from_fn(|view| passes.states(model, view, &scales[view]))?;
-    Ok(loss_of_states(model, &states, collab, targets))
+    let states = states.as_ref().map(|_, s| s.as_slice());
+    Ok(loss_of_states(model, states, collab, targets))
 }
 
 /// The mean next-item loss over `targets` from both views' states after each
 /// history item.
 fn loss_of_states(
     model: &L2Rec,
-    states: &PerView<Vec<Vec<f32>>>,
+    states: PerView<&[Vec<f32>]>,
     collab: Option<&CollabStates>,
     targets: &[Target],
 ) -> f32 {

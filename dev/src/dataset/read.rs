@@ -70,10 +70,7 @@ pub fn for_each_row(
                     return;
                 }
                 match &mut table {
-                    Some(t) => {
-                        let fields: Vec<&str> = record.iter().map(String::as_str).collect();
-                        t.record(n, &fields, &mut row);
-                    }
+                    Some(t) => t.record(n, &record, &mut row),
                     None => match Table::new(path, &record, columns) {
                         Ok(t) => table = Some(t),
                         Err(e) => fail = Some(e),
@@ -127,8 +124,13 @@ impl<'p> Table<'p> {
     }
 
     /// Passes record `n` on (a blank one is skipped, a short one counted).
-    fn record(&mut self, n: usize, record: &[&str], row: &mut impl FnMut(usize, Vec<Value>)) {
-        if record.is_empty() || record == [""] {
+    fn record<S: AsRef<str>>(
+        &mut self,
+        n: usize,
+        record: &[S],
+        row: &mut impl FnMut(usize, Vec<Value>),
+    ) {
+        if record.is_empty() || (record.len() == 1 && record[0].as_ref().is_empty()) {
             return;
         }
         if record.len() <= self.widest {
@@ -139,7 +141,7 @@ impl<'p> Table<'p> {
             n,
             self.at
                 .iter()
-                .map(|&i| Value::Text(record[i].to_owned()))
+                .map(|&i| Value::Text(record[i].as_ref().to_owned()))
                 .collect(),
         );
     }
