@@ -109,21 +109,23 @@ fn semantic_prompt(data: &Dataset, items: usize) -> anyhow::Result<(String, Stri
     Ok((render(items - 1), render(items)))
 }
 
+/// `count` random experts of rank `rank` on the q and v projections of `layers`.
 fn random_experts(
     info: &ModelInfo,
     layers: Vec<u32>,
+    (count, rank): (u64, u32),
     dir: &std::path::Path,
     bb: &Backbone,
 ) -> anyhow::Result<Vec<Expert>> {
     let spec = LoraSpec {
-        rank: 8,
-        alpha: 16.0,
+        rank,
+        alpha: 2.0 * rank as f32,
         layers,
         modules: MODULES.iter().map(|m| m.to_string()).collect(),
     };
-    (0..2)
+    (0..count)
         .map(|seed| {
-            let path = dir.join(format!("bench-{}-{seed}.gguf", spec.layers.len()));
+            let path = dir.join(format!("bench-{}-r{rank}-{seed}.gguf", spec.layers.len()));
             write_random_expert(&path, info, &spec, seed, 0.02)?;
             Ok(bb.load_expert(&path)?)
         })
@@ -139,6 +141,19 @@ fn mixture_time(
     let mixture: Vec<(&Expert, f32)> = experts.iter().map(|e| (e, 0.5)).collect();
     session.set_mixture(&mixture)?;
     time(reps, || Ok(session.state_fresh(tokens).map(drop)?))
+}
+
+/// What setting a new mixture of `experts` costs before any token: merging
+/// them into one adapter and loading it (the scales alternate, so every call
+/// is a different mixture).
+fn merge_time(session: &mut Session, experts: &[Expert], reps: usize) -> anyhow::Result<f64> {
+    let mut flip = false;
+    time(reps, || {
+        flip = !flip;
+        let first = if flip { 0.6 } else { 0.4 };
+        session.set_mixture(&[(&experts[0], first), (&experts[1], 1.0 - first)])?;
+        Ok(())
+    })
 }
 
 pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
@@ -173,11 +188,16 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let top4: Vec<u32> = (info.n_layer as u32 - 4..info.n_layer as u32).collect();
     let all: Vec<u32> = (0..info.n_layer as u32).collect();
-    let experts_top4 = random_experts(&info, top4, dir.path(), &bb)?;
-    let experts_all = random_experts(&info, all, dir.path(), &bb)?;
+    let experts_top4 = random_experts(&info, top4, (2, 8), dir.path(), &bb)?;
+    let experts_all = random_experts(&info, all, (2, 8), dir.path(), &bb)?;
     let base = mixture_time(&mut session, &[], &tokens, args.reps)?;
     let dpmoe_top4 = mixture_time(&mut session, &experts_top4, &tokens, args.reps)?;
     let dpmoe_all = mixture_time(&mut session, &experts_all, &tokens, args.reps)?;
+    let merge_all = merge_time(&mut session, &experts_all, args.reps)?;
+    session.set_merge_mixtures(false);
+    session.set_mixture(&[])?;
+    let unmerged_all = mixture_time(&mut session, &experts_all, &tokens, args.reps)?;
+    session.set_merge_mixtures(true);
     session.set_mixture(&[])?;
 
     let full = time(args.reps, || Ok(session.state_fresh(&tokens).map(drop)?))?;
@@ -203,6 +223,8 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
         "dpmoe_top4_ms": dpmoe_top4 * 1e3,
         "dpmoe_vs_base": dpmoe_top4 / base,
         "dpmoe_all_layers_vs_base": dpmoe_all / base,
+        "dpmoe_all_layers_unmerged_vs_base": unmerged_all / base,
+        "merge_all_layers_ms": merge_all * 1e3,
         "full_reencode_ms": full * 1e3,
         "incremental_ms": incremental * 1e3,
         "incremental_tokens": appended,

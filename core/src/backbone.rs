@@ -14,6 +14,7 @@ use crate::ffi::gguf::{GgufError, GgufFile};
 pub use crate::ffi::llama::KvCache;
 pub use crate::ffi::llama::Token;
 use crate::ffi::llama::{Adapter, Context, ContextParams, LlamaError, Model, Vocabulary};
+use crate::lora::LoraError;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum BackboneError {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error("merging the expert mixture: {0}")]
+    Mixture(#[from] LoraError),
     #[error("{path}: GGUF metadata lacks `{key}`; is this a llama.cpp model file?")]
     MissingMetadata { path: PathBuf, key: String },
     #[error("{path}: {source}")]
@@ -156,6 +159,10 @@ pub struct BackboneConfig {
     pub repack_weights: Option<bool>,
     /// The KV cache's type; `None` picks [`default_kv_cache`].
     pub kv_cache: Option<KvCache>,
+    /// Merge two or more active experts into one adapter before llama.cpp
+    /// sees them (`crate::mixture`): the same mixture in half the small
+    /// matrix products. Off only to measure what merging saves.
+    pub merge_mixtures: bool,
 }
 
 impl Default for BackboneConfig {
@@ -167,6 +174,7 @@ impl Default for BackboneConfig {
             n_batch: 64,
             repack_weights: None,
             kv_cache: None,
+            merge_mixtures: true,
         }
     }
 }
@@ -296,6 +304,9 @@ impl Backbone {
         let ctx = Context::new(&self.model, params).map_err(|e| self.llama_error(e))?;
         Ok(Session {
             ctx,
+            model: self.model.clone(),
+            info: self.info.clone(),
+            merge_mixtures: self.config.merge_mixtures,
             max_cells: self.config.n_ctx,
             model_path: self.info.path.clone(),
             cached: Vec::new(),
@@ -351,6 +362,10 @@ impl CancelHandle {
 /// the tokens after the shared prefix.
 pub struct Session {
     ctx: Context,
+    /// For merged mixtures: the model they load into and its tensor shapes.
+    model: Model,
+    info: Arc<ModelInfo>,
+    merge_mixtures: bool,
     /// The context's size limit (the backbone's `n_ctx`).
     max_cells: u32,
     model_path: PathBuf,
@@ -362,7 +377,10 @@ pub struct Session {
 
 impl Session {
     /// Sets the expert mixture (one `llama_set_adapters_lora` call). Experts
-    /// at scale 0 are left out. A different mixture invalidates the cache.
+    /// at scale 0 are left out; two or more active experts are merged into
+    /// one adapter first (`crate::mixture`) unless
+    /// [`BackboneConfig::merge_mixtures`] is off. A different mixture
+    /// invalidates the cache.
     pub fn set_mixture(&mut self, mixture: &[(&Expert, f32)]) -> Result<(), BackboneError> {
         let active: Vec<(&Expert, f32)> =
             mixture.iter().copied().filter(|(_, s)| *s != 0.0).collect();
@@ -370,14 +388,36 @@ impl Session {
         if key == self.mixture {
             return Ok(());
         }
-        let adapters: Vec<(Adapter, f32)> = active
-            .iter()
-            .map(|(e, s)| (e.adapter.clone(), *s))
-            .collect();
+        let adapters = if self.merge_mixtures && active.len() >= 2 {
+            vec![(self.merged_adapter(&active)?, 1.0)]
+        } else {
+            active
+                .iter()
+                .map(|(e, s)| (e.adapter.clone(), *s))
+                .collect()
+        };
         self.ctx.set_adapters(&adapters).map_err(eval_error)?;
         self.mixture = key;
         self.forget();
         Ok(())
+    }
+
+    /// Turns merging of mixtures on or off for this session (benchmarks
+    /// compare the two); takes effect at the next different mixture.
+    pub fn set_merge_mixtures(&mut self, on: bool) {
+        self.merge_mixtures = on;
+    }
+
+    /// The active experts as one adapter of their summed rank.
+    fn merged_adapter(&self, active: &[(&Expert, f32)]) -> Result<Adapter, BackboneError> {
+        let parts: Vec<(&Path, f32)> = active.iter().map(|(e, s)| (e.path(), *s)).collect();
+        let image = crate::mixture::merged_image(&parts, &self.info)?;
+        self.model
+            .load_adapter_bytes(&image)
+            .map_err(|source| BackboneError::Llama {
+                path: self.model_path.clone(),
+                source,
+            })
     }
 
     /// Drops the cached prompt.

@@ -10,6 +10,7 @@ pub mod ffi;
 mod fuzz_seeds;
 pub mod kernels;
 pub mod lora;
+pub mod mixture;
 pub mod model;
 pub mod per_view;
 pub mod personalize;

@@ -104,6 +104,62 @@ fn two_experts_differ_from_either_alone_and_order_does_not_matter() {
 }
 
 #[test]
+fn a_merged_mixture_is_the_mixture_of_its_experts() {
+    // F16 weights: Q4_K's activation quantization would blur rounding-level
+    // differences into noise (as in the linearity test below).
+    let bb = f16_backbone();
+    let dir = tempfile::tempdir().unwrap();
+    let e = experts(&bb, dir.path(), 3, 0.05);
+    let mut s = bb.session().unwrap();
+    let mix = [(&e[0], 0.5), (&e[1], 0.3), (&e[2], 0.2)];
+    s.set_mixture(&mix).unwrap();
+    let merged = state(&mut s, &bb, TEXT);
+    s.set_merge_mixtures(false);
+    s.set_mixture(&[]).unwrap();
+    s.set_mixture(&mix).unwrap();
+    let separate = state(&mut s, &bb, TEXT);
+    let base = {
+        s.set_mixture(&[]).unwrap();
+        state(&mut s, &bb, TEXT)
+    };
+    let (gap, moved) = (rel_diff(&merged, &separate), rel_diff(&separate, &base));
+    assert!(
+        gap < moved / 100.0,
+        "merged differs from separate adapters by {gap}, the mixture moves the state by {moved}"
+    );
+}
+
+#[test]
+fn a_mixture_is_merged_only_from_experts_that_are_still_sound() {
+    let bb = backbone();
+    let dir = tempfile::tempdir().unwrap();
+    let e = experts(&bb, dir.path(), 2, 0.05);
+    let other = {
+        let spec = LoraSpec {
+            rank: 4,
+            alpha: 8.0,
+            layers: vec![3],
+            modules: vec!["attn_v".into()],
+        };
+        let path = dir.path().join("other.gguf");
+        write_random_expert(&path, bb.info(), &spec, 9, 0.05).unwrap();
+        bb.load_expert(&path).unwrap()
+    };
+    let mut s = bb.session().unwrap();
+    let err = s.set_mixture(&[(&e[0], 0.5), (&other, 0.5)]).unwrap_err();
+    assert!(
+        matches!(err, BackboneError::Mixture(_)) && err.to_string().contains("same weights"),
+        "{err}"
+    );
+    // A file changed after loading is read again, and refused, not merged.
+    std::fs::write(e[1].path(), b"GGUF but not really").unwrap();
+    let err = s.set_mixture(&[(&e[0], 0.5), (&e[1], 0.5)]).unwrap_err();
+    assert!(matches!(err, BackboneError::Mixture(_)), "{err}");
+    // The session still serves its last good mixture's model: the base.
+    assert_eq!(state(&mut s, &bb, TEXT).len(), bb.n_embd());
+}
+
+#[test]
 fn on_f16_weights_an_expert_acts_linearly_for_small_scales() {
     // On an f16 cache: a q8_0 cache rounds each state differently at each
     // scale, noise of ~20% of a 0.2-scale step (measured), which would hide

@@ -530,6 +530,59 @@ impl GgufWriter {
         result
     }
 
+    /// The file's bytes, as [`GgufWriter::write`] would write them, without a
+    /// file: header and metadata from ggml, then each tensor's data at the
+    /// offset ggml assigned it (a merged expert mixture, `crate::mixture`).
+    pub fn to_bytes(self) -> Result<Vec<u8>, GgufError> {
+        // SAFETY: returns a constant.
+        let overhead = unsafe { sys::ggml_tensor_overhead() };
+        let params = sys::ggml_init_params {
+            mem_size: (self.tensors.len() + 1) * overhead,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true, // tensor descriptions only: the data is ours
+        };
+        let in_memory = || GgufError::Write {
+            path: PathBuf::from("(memory)"),
+        };
+        // SAFETY: ggml allocates `mem_size` bytes and returns NULL on failure.
+        let ggml = NonNull::new(unsafe { sys::ggml_init(params) }).ok_or_else(in_memory)?;
+        for t in &self.tensors {
+            // SAFETY: the context has room for every tensor's description;
+            // `shape` has 1..=4 dims. gguf_add_tensor copies the description
+            // and assigns the data offset; it reads no data.
+            unsafe {
+                let tensor = sys::ggml_new_tensor(
+                    ggml.as_ptr(),
+                    t.dtype,
+                    t.shape.len() as i32,
+                    t.shape.as_ptr(),
+                );
+                sys::ggml_set_name(tensor, t.name.as_ptr());
+                sys::gguf_add_tensor(self.ctx.as_ptr(), tensor);
+            }
+        }
+        let ctx = self.ctx.as_ptr();
+        // SAFETY: valid context; the buffer has the size ggml asked for.
+        let mut bytes = unsafe {
+            let mut meta = vec![0u8; sys::gguf_get_meta_size(ctx)];
+            sys::gguf_get_meta_data(ctx, meta.as_mut_ptr().cast());
+            meta
+        };
+        let data_start = bytes.len();
+        for (id, t) in self.tensors.iter().enumerate() {
+            // SAFETY: `id` indexes a tensor added above.
+            let offset = unsafe { sys::gguf_get_tensor_offset(ctx, id as i64) };
+            bytes.resize(data_start + offset, 0);
+            bytes.extend_from_slice(&t.data);
+        }
+        // SAFETY: valid context.
+        let alignment = unsafe { sys::gguf_get_alignment(ctx) };
+        bytes.resize(bytes.len().div_ceil(alignment) * alignment, 0);
+        // SAFETY: created above, freed once; nothing refers to it any more.
+        unsafe { sys::ggml_free(ggml.as_ptr()) };
+        Ok(bytes)
+    }
+
     fn write_with(&self, ggml: NonNull<sys::ggml_context>, path: &Path) -> Result<(), GgufError> {
         for t in &self.tensors {
             // SAFETY: the ggml context was sized for every tensor plus overhead;

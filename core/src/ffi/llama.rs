@@ -179,6 +179,47 @@ impl Model {
         }
     }
 
+    /// Loads a LoRA adapter from a GGUF image in memory, through a read-only
+    /// `fmemopen` stream (POSIX 2008: glibc, Android API 23+, iOS 11+). The
+    /// caller built the image from validated tensors (`crate::mixture`).
+    pub fn load_adapter_bytes(&self, image: &[u8]) -> Result<Adapter, LlamaError> {
+        extern "C" {
+            fn fmemopen(
+                buf: *mut std::ffi::c_void,
+                size: usize,
+                mode: *const std::os::raw::c_char,
+            ) -> *mut std::ffi::c_void;
+            fn fclose(stream: *mut std::ffi::c_void) -> std::os::raw::c_int;
+        }
+        if image.is_empty() {
+            return Err(LlamaError::AdapterLoad);
+        }
+        // SAFETY: mode "rb" never writes through `buf`, which outlives the
+        // stream (closed below, before `image` can go); NULL means failure.
+        let file = unsafe {
+            fmemopen(
+                image.as_ptr().cast_mut().cast(),
+                image.len(),
+                c"rb".as_ptr(),
+            )
+        };
+        if file.is_null() {
+            return Err(LlamaError::AdapterLoad);
+        }
+        // SAFETY: the model is valid and `file` an open stream over the image;
+        // llama.cpp reads it (seek, tell, read) and reports a bad image as NULL.
+        let ptr = unsafe { sys::llama_adapter_lora_init_from_file_ptr(self.ptr(), file.cast()) };
+        // SAFETY: opened above, closed once; llama.cpp keeps no reference to it.
+        unsafe { fclose(file) };
+        let ptr = NonNull::new(ptr).ok_or(LlamaError::AdapterLoad)?;
+        Ok(Adapter {
+            handle: Arc::new(AdapterHandle {
+                ptr,
+                _model: self.handle.clone(),
+            }),
+        })
+    }
+
     /// Whether llama.cpp loaded the vocabulary ([`Vocabulary::Llama`]).
     pub fn has_vocabulary(&self) -> bool {
         // SAFETY: the vocab pointer lives as long as the model.
