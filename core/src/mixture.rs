@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::backbone::ModelInfo;
-use crate::ffi::gguf::{GgufFile, GgufWriter, GGML_TYPE_F32};
+use crate::ffi::gguf::{GgufFile, GgufWriter, TensorInfo, GGML_TYPE_F32};
 use crate::lora::LoraError;
 
 /// One adapted weight's factors in ggml order: `a` is `[n_in, r]` (r rows of
@@ -116,7 +116,7 @@ fn read_factors(
             expected: "a number".into(),
         })? as f32;
     let tensors = gguf.tensors();
-    let mut out = BTreeMap::new();
+    let mut pairs = Vec::new();
     for a_info in tensors.iter().filter(|t| t.name.ends_with(".lora_a")) {
         let target = a_info.name.trim_end_matches(".lora_a").to_owned();
         let b_name = format!("{target}.lora_b");
@@ -153,8 +153,17 @@ fn read_factors(
         if b_info.shape != [rank, weight[1]] {
             return Err(shape_error(&b_name, &b_info.shape, vec![rank, weight[1]]));
         }
-        let (a, b) = (gguf.tensor_f32(a_info)?, gguf.tensor_f32(b_info)?);
-        if let Some(bad) = [(&a_info.name, &a), (&b_name, &b)]
+        pairs.push((target, rank as usize, a_info, b_info));
+    }
+    let infos: Vec<&TensorInfo> = pairs.iter().flat_map(|(_, _, a, b)| [*a, *b]).collect();
+    let mut values = gguf.tensors_f32(&infos)?.into_iter();
+    let mut out = BTreeMap::new();
+    for ((target, rank, a_info, b_info), (a, b)) in
+        pairs.into_iter().zip(std::iter::from_fn(|| {
+            Some((values.next()?, values.next()?))
+        }))
+    {
+        if let Some(bad) = [(&a_info.name, &a), (&b_info.name, &b)]
             .into_iter()
             .find(|(_, v)| v.iter().any(|x| !x.is_finite()))
         {
@@ -163,14 +172,7 @@ fn read_factors(
                 name: bad.0.clone(),
             });
         }
-        out.insert(
-            target,
-            Factors {
-                a,
-                b,
-                rank: rank as usize,
-            },
-        );
+        out.insert(target, Factors { a, b, rank });
     }
     if tensors.len() != 2 * out.len() {
         return Err(LoraError::Spec(format!(

@@ -363,6 +363,33 @@ impl GgufFile {
         })
     }
 
+    /// Reads many tensors as f32 with one read of the file (an expert's
+    /// hundreds of small tensors, `crate::mixture`), each bounds-checked.
+    pub fn tensors_f32(&self, infos: &[&TensorInfo]) -> Result<Vec<Vec<f32>>, GgufError> {
+        let file = std::fs::read(&self.path).map_err(|source| GgufError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        infos
+            .iter()
+            .map(|info| {
+                let bytes = usize::try_from(info.offset)
+                    .ok()
+                    .zip(usize::try_from(info.bytes).ok())
+                    .and_then(|(at, n)| file.get(at..at.checked_add(n)?))
+                    .ok_or_else(|| GgufError::OutOfBounds {
+                        path: self.path.clone(),
+                        name: info.name.clone(),
+                    })?;
+                to_f32(bytes, info).ok_or_else(|| GgufError::NoConversion {
+                    path: self.path.clone(),
+                    name: info.name.clone(),
+                    dtype: type_name(info.dtype),
+                })
+            })
+            .collect()
+    }
+
     /// Every key/value of this file copied into `writer` (tensors excluded).
     pub fn copy_metadata_into(&self, writer: &mut GgufWriter) {
         // SAFETY: both contexts are valid; gguf_set_kv deep-copies the values.
