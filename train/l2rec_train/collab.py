@@ -43,9 +43,11 @@ def collab_parameters(model) -> list[torch.nn.Parameter]:
 
 
 def windows_of(split: data.Split, users, cfg: Config) -> list[np.ndarray]:
-    """Stage 1's training windows: `train.collab_windows`, else the LLM stages' `windows`."""
-    mode = cfg.train.collab_windows or cfg.train.windows
-    return [w for u in users for w in data.training_windows(split.train[u], cfg.max_items, mode)]
+    """Stage 1's training windows: `train.collab_windows`, else the LLM stages' `windows`,
+    over each user's training items without the newest `train.collab_holdout`."""
+    mode, held = cfg.train.collab_windows or cfg.train.windows, cfg.train.collab_holdout
+    seqs = [split.train[u][:-held] if held > 0 else split.train[u] for u in users]
+    return [w for s in seqs for w in data.training_windows(s, cfg.max_items, mode)]
 
 
 @torch.no_grad()

@@ -63,6 +63,10 @@ class TrainConfig:
     lr_collab: float = 3e-3
     collab_windows: str = ""  # stage 1's training windows ("last" or "all"; "": `windows`)
     collab_batch_size: int = 128  # windows per step
+    # Stage 1 leaves the newest N training items of every user out of its targets, so that
+    # the LLM stages (whose targets are those items when N = view_items - 1) learn on c's
+    # out-of-sample errors rather than on errors stage 1 has already fitted away.
+    collab_holdout: int = 0
     collab_patience: int = 40  # epochs without a better validation NDCG@10 before stopping
     collab_max_epochs: int = 2000  # a guard only: runs stop by patience long before
     freeze_collab: bool = False  # v2: the LLM stages leave stage 1's parameters as selected
@@ -136,6 +140,8 @@ class Config:
                 f"train.bias_init must be popularity or zero, got {self.train.bias_init!r}"
             )
         check_device_names(self.train.device, self.train.amp)
+        if self.train.collab_holdout < 0:
+            raise ValueError(f"train.collab_holdout must be >= 0, got {self.train.collab_holdout}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.phi_init not in ("normal", "zero"):

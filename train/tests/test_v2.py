@@ -146,6 +146,26 @@ def test_views_show_the_newest_items_and_c_reads_the_window():
     assert PromptSet(hist, {}, window=3).targets_of(0).tolist() == [11, 12, 13, 14, 15]
 
 
+def test_stage_one_holdout_leaves_the_newest_items_out_of_its_targets():
+    from dataclasses import replace
+
+    from l2rec_train.collab import windows_of
+
+    split = type("S", (), {"train": [np.arange(100, 130), np.arange(200, 205)]})()
+    cfg = Config(encoder="gru", max_items=8, train={"collab_windows": "all"})
+    full = windows_of(split, [0, 1], cfg)
+    held = windows_of(split, [0, 1], replace(cfg, train=replace(cfg.train, collab_holdout=9)))
+
+    def targets(windows):
+        return sorted(int(t) for w in windows for t in w[1:])
+
+    assert targets(full) == list(range(101, 130)) + list(range(201, 205))
+    # The 9 newest items of each user are nobody's target; a user with fewer left has none.
+    assert targets(held) == list(range(101, 121))
+    with pytest.raises(ValueError, match="collab_holdout"):
+        Config(train={"collab_holdout": -1})
+
+
 def test_config_versions():
     assert Config().version == 1
     assert Config(encoder="gru").version == 2
