@@ -132,15 +132,46 @@ fn random_experts(
         .collect()
 }
 
-fn mixture_time(
-    session: &mut Session,
-    experts: &[Expert],
+/// The passes' time under each mixture relative to the first (the base),
+/// one session per mixture and the mixtures interleaved within every
+/// repetition, so that the machine's drift (this VM's speed moves by tens of
+/// percent within minutes) falls on all of them alike: the median over
+/// repetitions of each mixture's time over the base's in the same repetition.
+fn mixture_ratios(
+    sessions: &mut [Session],
     tokens: &[Token],
     reps: usize,
-) -> anyhow::Result<f64> {
-    let mixture: Vec<(&Expert, f32)> = experts.iter().map(|e| (e, 0.5)).collect();
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    for session in sessions.iter_mut() {
+        session.state_fresh(tokens)?; // warm-up: the first decode reserves buffers
+    }
+    let mut times = vec![Vec::with_capacity(reps); sessions.len()];
+    for _ in 0..reps {
+        for (session, t) in sessions.iter_mut().zip(&mut times) {
+            let started = Instant::now();
+            session.state_fresh(tokens)?;
+            t.push(started.elapsed().as_secs_f64());
+        }
+    }
+    let middle = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratios = times[1..]
+        .iter()
+        .map(|t| middle(t.iter().zip(&times[0]).map(|(t, b)| t / b).collect()))
+        .collect();
+    Ok((middle(times[0].clone()), ratios))
+}
+
+/// A session whose mixture is `experts` at equal scales, merged or not.
+fn session_with(bb: &Backbone, experts: &[Expert], merge: bool) -> anyhow::Result<Session> {
+    let mut session = bb.session()?;
+    session.set_merge_mixtures(merge);
+    let scale = 1.0 / experts.len().max(1) as f32;
+    let mixture: Vec<(&Expert, f32)> = experts.iter().map(|e| (e, scale)).collect();
     session.set_mixture(&mixture)?;
-    time(reps, || Ok(session.state_fresh(tokens).map(drop)?))
+    Ok(session)
 }
 
 /// What setting a new mixture of `experts` costs before any token: merging
@@ -190,14 +221,18 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
     let all: Vec<u32> = (0..info.n_layer as u32).collect();
     let experts_top4 = random_experts(&info, top4, (2, 8), dir.path(), &bb)?;
     let experts_all = random_experts(&info, all, (2, 8), dir.path(), &bb)?;
-    let base = mixture_time(&mut session, &[], &tokens, args.reps)?;
-    let dpmoe_top4 = mixture_time(&mut session, &experts_top4, &tokens, args.reps)?;
-    let dpmoe_all = mixture_time(&mut session, &experts_all, &tokens, args.reps)?;
+    let mut sessions = vec![
+        session_with(&bb, &[], true)?,
+        session_with(&bb, &experts_top4, true)?,
+        session_with(&bb, &experts_all, true)?,
+        session_with(&bb, &experts_all, false)?,
+    ];
+    let (base, ratios) = mixture_ratios(&mut sessions, &tokens, args.reps)?;
+    let [dpmoe_top4, dpmoe_all, unmerged_all] = ratios[..] else {
+        unreachable!("three mixtures besides the base")
+    };
+    drop(sessions);
     let merge_all = merge_time(&mut session, &experts_all, args.reps)?;
-    session.set_merge_mixtures(false);
-    session.set_mixture(&[])?;
-    let unmerged_all = mixture_time(&mut session, &experts_all, &tokens, args.reps)?;
-    session.set_merge_mixtures(true);
     session.set_mixture(&[])?;
 
     let full = time(args.reps, || Ok(session.state_fresh(&tokens).map(drop)?))?;
@@ -220,10 +255,10 @@ pub fn run(args: &BackboneArgs) -> anyhow::Result<()> {
         "engine_tokens_per_s": tokens.len() as f64 / engine,
         "engine_vs_raw": raw / engine,
         "base_ms": base * 1e3,
-        "dpmoe_top4_ms": dpmoe_top4 * 1e3,
-        "dpmoe_vs_base": dpmoe_top4 / base,
-        "dpmoe_all_layers_vs_base": dpmoe_all / base,
-        "dpmoe_all_layers_unmerged_vs_base": unmerged_all / base,
+        "dpmoe_top4_ms": dpmoe_top4 * base * 1e3,
+        "dpmoe_vs_base": dpmoe_top4,
+        "dpmoe_all_layers_vs_base": dpmoe_all,
+        "dpmoe_all_layers_unmerged_vs_base": unmerged_all,
         "merge_all_layers_ms": merge_all * 1e3,
         "full_reencode_ms": full * 1e3,
         "incremental_ms": incremental * 1e3,
