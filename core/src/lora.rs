@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::ModelInfo;
-use crate::ffi::gguf::{type_name, GgufError, GgufFile, GgufWriter, GGML_TYPE_F16, GGML_TYPE_F32};
+use crate::ffi::gguf::{
+    type_name, GgufError, GgufFile, GgufWriter, TensorInfo, GGML_TYPE_F16, GGML_TYPE_F32,
+};
 
 /// The weight matrices an expert may adapt, as llama.cpp names them.
 pub const MODULES: [&str; 7] = [
@@ -172,14 +174,7 @@ pub fn validate_expert(path: &Path, model: &ModelInfo, spec: &LoraSpec) -> Resul
         });
     }
     for (name, shape) in expected {
-        let info =
-            present
-                .iter()
-                .find(|t| t.name == name)
-                .ok_or_else(|| LoraError::MissingTensor {
-                    path: path.to_owned(),
-                    name: name.clone(),
-                })?;
+        let info = tensor_named(&present, &name, path)?;
         if info.shape != shape {
             return Err(LoraError::Shape {
                 path: path.to_owned(),
@@ -195,15 +190,35 @@ pub fn validate_expert(path: &Path, model: &ModelInfo, spec: &LoraSpec) -> Resul
                 dtype: type_name(info.dtype),
             });
         }
-        let values = gguf.tensor_f32(info)?;
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(LoraError::NonFinite {
-                path: path.to_owned(),
-                name,
-            });
-        }
+        require_finite(&gguf.tensor_f32(info)?, &name, path)?;
     }
     Ok(())
+}
+
+/// The tensor called `name` among an expert file's tensors.
+pub(crate) fn tensor_named<'a>(
+    tensors: &'a [TensorInfo],
+    name: &str,
+    path: &Path,
+) -> Result<&'a TensorInfo, LoraError> {
+    tensors
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| LoraError::MissingTensor {
+            path: path.to_owned(),
+            name: name.to_owned(),
+        })
+}
+
+/// Refuses a tensor holding NaN or infinite values.
+pub(crate) fn require_finite(values: &[f32], name: &str, path: &Path) -> Result<(), LoraError> {
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    Err(LoraError::NonFinite {
+        path: path.to_owned(),
+        name: name.to_owned(),
+    })
 }
 
 /// One adapted weight's factors, numpy order: `a` is `[r, n_in]`, `b` is `[n_out, r]`.

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use crate::backbone::ModelInfo;
 use crate::ffi::gguf::{GgufFile, GgufWriter, TensorInfo, GGML_TYPE_F32};
-use crate::lora::LoraError;
+use crate::lora::{require_finite, tensor_named, LoraError};
 
 /// One adapted weight's factors in ggml order: `a` is `[n_in, r]` (r rows of
 /// n_in), `b` is `[r, n_out]` (n_out rows of r).
@@ -63,7 +63,7 @@ pub fn merged_image(experts: &[(&Path, f32)], model: &ModelInfo) -> Result<Vec<u
             .iter()
             .flat_map(|(f, _)| f.a.iter().copied())
             .collect();
-        let b = stack_scaled_b(parts, n_out);
+        let b = stack_scaled_b(parts, rank, n_out);
         w.add_tensor(
             &format!("{target}.lora_a"),
             &[n_in, rank as u64],
@@ -82,8 +82,7 @@ pub fn merged_image(experts: &[(&Path, f32)], model: &ModelInfo) -> Result<Vec<u
 
 /// B of the merged adapter: for every output row, each expert's `r_k`
 /// entries times that expert's weight, in the experts' order (A's order).
-fn stack_scaled_b(parts: &[(Factors, f32)], n_out: usize) -> Vec<f32> {
-    let rank: usize = parts.iter().map(|(f, _)| f.rank).sum();
+fn stack_scaled_b(parts: &[(Factors, f32)], rank: usize, n_out: usize) -> Vec<f32> {
     let mut b = Vec::with_capacity(rank * n_out);
     for o in 0..n_out {
         for (f, weight) in parts {
@@ -120,14 +119,7 @@ fn read_factors(
     for a_info in tensors.iter().filter(|t| t.name.ends_with(".lora_a")) {
         let target = a_info.name.trim_end_matches(".lora_a").to_owned();
         let b_name = format!("{target}.lora_b");
-        let b_info =
-            tensors
-                .iter()
-                .find(|t| t.name == b_name)
-                .ok_or_else(|| LoraError::MissingTensor {
-                    path: path.to_owned(),
-                    name: b_name.clone(),
-                })?;
+        let b_info = tensor_named(&tensors, &b_name, path)?;
         let weight = model
             .tensors
             .get(&target)
@@ -158,20 +150,13 @@ fn read_factors(
     let infos: Vec<&TensorInfo> = pairs.iter().flat_map(|(_, _, a, b)| [*a, *b]).collect();
     let mut values = gguf.tensors_f32(&infos)?.into_iter();
     let mut out = BTreeMap::new();
-    for ((target, rank, a_info, b_info), (a, b)) in
-        pairs.into_iter().zip(std::iter::from_fn(|| {
-            Some((values.next()?, values.next()?))
-        }))
-    {
-        if let Some(bad) = [(&a_info.name, &a), (&b_info.name, &b)]
-            .into_iter()
-            .find(|(_, v)| v.iter().any(|x| !x.is_finite()))
-        {
-            return Err(LoraError::NonFinite {
-                path: path.to_owned(),
-                name: bad.0.clone(),
-            });
-        }
+    for (target, rank, a_info, b_info) in pairs {
+        // `infos` holds each pair's A then B, so the values come in that order.
+        let (Some(a), Some(b)) = (values.next(), values.next()) else {
+            unreachable!("two values per pair")
+        };
+        require_finite(&a, &a_info.name, path)?;
+        require_finite(&b, &b_info.name, path)?;
         out.insert(target, Factors { a, b, rank });
     }
     if tensors.len() != 2 * out.len() {

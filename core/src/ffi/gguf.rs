@@ -573,21 +573,7 @@ impl GgufWriter {
         };
         // SAFETY: ggml allocates `mem_size` bytes and returns NULL on failure.
         let ggml = NonNull::new(unsafe { sys::ggml_init(params) }).ok_or_else(in_memory)?;
-        for t in &self.tensors {
-            // SAFETY: the context has room for every tensor's description;
-            // `shape` has 1..=4 dims. gguf_add_tensor copies the description
-            // and assigns the data offset; it reads no data.
-            unsafe {
-                let tensor = sys::ggml_new_tensor(
-                    ggml.as_ptr(),
-                    t.dtype,
-                    t.shape.len() as i32,
-                    t.shape.as_ptr(),
-                );
-                sys::ggml_set_name(tensor, t.name.as_ptr());
-                sys::gguf_add_tensor(self.ctx.as_ptr(), tensor);
-            }
-        }
+        self.declare_tensors(ggml); // descriptions and offsets: no data read
         let ctx = self.ctx.as_ptr();
         // SAFETY: valid context; the buffer has the size ggml asked for.
         let mut bytes = unsafe {
@@ -610,26 +596,43 @@ impl GgufWriter {
         Ok(bytes)
     }
 
+    /// Creates every pending tensor in `ggml` and adds it to the GGUF
+    /// context (which copies the description and assigns the data offset).
+    /// The tensors, in order; their data is allocated only if `ggml` was.
+    fn declare_tensors(&self, ggml: NonNull<sys::ggml_context>) -> Vec<*mut sys::ggml_tensor> {
+        self.tensors
+            .iter()
+            .map(|t| {
+                // SAFETY: both callers size `ggml` for every tensor's
+                // description; `shape` has 1..=4 dims; names are C strings.
+                unsafe {
+                    let tensor = sys::ggml_new_tensor(
+                        ggml.as_ptr(),
+                        t.dtype,
+                        t.shape.len() as i32,
+                        t.shape.as_ptr(),
+                    );
+                    sys::ggml_set_name(tensor, t.name.as_ptr());
+                    sys::gguf_add_tensor(self.ctx.as_ptr(), tensor);
+                    tensor
+                }
+            })
+            .collect()
+    }
+
     fn write_with(&self, ggml: NonNull<sys::ggml_context>, path: &Path) -> Result<(), GgufError> {
-        for t in &self.tensors {
-            // SAFETY: the ggml context was sized for every tensor plus overhead;
-            // `shape` has 1..=4 dims; the new tensor's data buffer has exactly
-            // t.data.len() bytes (same type and shape), so the copy is in bounds.
+        for (t, tensor) in self.tensors.iter().zip(self.declare_tensors(ggml)) {
+            // SAFETY: `ggml` was allocated with room for every tensor's data;
+            // the tensor's buffer has exactly t.data.len() bytes (same type and
+            // shape), so the copy is in bounds. The GGUF context refers to this
+            // same buffer, so data copied after adding is what it writes.
             unsafe {
-                let tensor = sys::ggml_new_tensor(
-                    ggml.as_ptr(),
-                    t.dtype,
-                    t.shape.len() as i32,
-                    t.shape.as_ptr(),
-                );
-                sys::ggml_set_name(tensor, t.name.as_ptr());
                 debug_assert_eq!(sys::ggml_nbytes(tensor), t.data.len());
                 std::ptr::copy_nonoverlapping(
                     t.data.as_ptr(),
                     (*tensor).data.cast::<u8>(),
                     t.data.len(),
                 );
-                sys::gguf_add_tensor(self.ctx.as_ptr(), tensor);
             }
         }
         let c_path = CString::new(path.to_string_lossy().as_bytes())
