@@ -411,7 +411,7 @@ impl Session {
     /// The active experts as one adapter of their summed rank.
     fn merged_adapter(&self, active: &[(&Expert, f32)]) -> Result<Adapter, BackboneError> {
         let parts: Vec<(&Path, f32)> = active.iter().map(|(e, s)| (e.path(), *s)).collect();
-        let image = crate::mixture::merged_image(&parts, &self.info)?;
+        let image = crate::mixture::merged_image(&parts, &self.info, 0)?;
         self.model
             .load_adapter_bytes(&image)
             .map_err(|source| BackboneError::Llama {
@@ -535,6 +535,37 @@ impl Session {
         Ok(states)
     }
 
+    /// [`Session::states_at`], also returning the residual stream after layer
+    /// `from - 1` at every token: what [`UpperSession::states_at`] reads to
+    /// run layers `from..` alone. The mixture does not change those vectors
+    /// when every expert adapts layers `from..` only.
+    pub fn states_at_keeping_lower(
+        &mut self,
+        tokens: &[Token],
+        positions: &[usize],
+        from: usize,
+    ) -> Result<(Vec<Vec<f32>>, LowerStates), BackboneError> {
+        if tokens.is_empty() || from == 0 {
+            return Err(BackboneError::EmptyPrompt);
+        }
+        self.reserve(tokens.len())?;
+        self.ctx.clear();
+        self.cached.clear();
+        self.last_state = None;
+        self.ctx.reset_cancel();
+        self.evaluated = tokens.len();
+        let out = self.ctx.decode_keeping_layer(tokens, 0, positions, from - 1);
+        // The cache is left cleared: these passes are not a prefix to extend.
+        self.ctx.clear();
+        let (states, rows) = out.map_err(eval_error)?;
+        let lower = LowerStates {
+            rows,
+            n_embd: self.info.n_embd,
+            from,
+        };
+        Ok((states, lower))
+    }
+
     fn eval_suffix(&mut self, tokens: &[Token], from: usize) -> Result<Vec<f32>, BackboneError> {
         self.ctx.reset_cancel();
         self.cached.truncate(from);
@@ -559,4 +590,152 @@ impl Session {
 
 fn common_prefix(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The residual stream entering layer `from` at every token of one prompt
+/// (`[tokens, n_embd]`), from [`Session::states_at_keeping_lower`].
+#[derive(Debug, Clone)]
+pub struct LowerStates {
+    rows: Vec<f32>,
+    n_embd: usize,
+    from: usize,
+}
+
+impl LowerStates {
+    pub fn tokens(&self) -> usize {
+        self.rows.len() / self.n_embd
+    }
+
+    /// The first layer these vectors feed.
+    pub fn from_layer(&self) -> usize {
+        self.from
+    }
+}
+
+/// The backbone's layers `from..` as a model of their own (`crate::upper`):
+/// a mixture's pass over a prompt whose [`LowerStates`] are known costs
+/// those layers only. About 8 MB for Gemma 3 270M's top two layers, held
+/// only while someone keeps it (personalization does, for one run).
+pub struct UpperLayers {
+    model: Model,
+    info: Arc<ModelInfo>,
+    from: usize,
+    config: BackboneConfig,
+}
+
+impl Backbone {
+    /// Layers `from..` as a model of their own, or `None` where
+    /// `crate::upper` does not support it (then every pass runs all layers).
+    pub fn upper_layers(&self, from: usize) -> Result<Option<UpperLayers>, BackboneError> {
+        let Some(image) = crate::upper::upper_image(&self.info, from)? else {
+            return Ok(None);
+        };
+        let repack = self.config.repack_weights.unwrap_or_else(default_repack);
+        let model = Model::load_bytes(&image, repack).map_err(|e| self.llama_error(e))?;
+        Ok(Some(UpperLayers {
+            model,
+            info: self.info.clone(),
+            from,
+            config: self.config.clone(),
+        }))
+    }
+}
+
+impl UpperLayers {
+    pub fn from_layer(&self) -> usize {
+        self.from
+    }
+
+    /// A session over these layers, holding the backbone's `n_ctx` tokens
+    /// (their KV cache is two layers' worth: about 1 MB at 1024 in q8_0).
+    pub fn session(&self) -> Result<UpperSession, BackboneError> {
+        let params = ContextParams {
+            n_ctx: self.config.n_ctx,
+            n_batch: self.config.n_batch,
+            threads: self.config.threads.unwrap_or_else(default_threads),
+            kv_cache: self.config.kv_cache.unwrap_or_else(default_kv_cache),
+        };
+        let ctx = Context::new(&self.model, params).map_err(|source| BackboneError::Llama {
+            path: self.info.path.clone(),
+            source,
+        })?;
+        Ok(UpperSession {
+            ctx,
+            model: self.model.clone(),
+            info: self.info.clone(),
+            from: self.from,
+            mixture: None,
+        })
+    }
+}
+
+/// Passes of the upper layers under one expert mixture at a time.
+pub struct UpperSession {
+    ctx: Context,
+    model: Model,
+    info: Arc<ModelInfo>,
+    from: usize,
+    mixture: Option<Vec<(u64, f32)>>,
+}
+
+impl UpperSession {
+    /// Sets the expert mixture: its active experts, merged and renamed for
+    /// these layers (`crate::mixture`), as one adapter.
+    pub fn set_mixture(&mut self, mixture: &[(&Expert, f32)]) -> Result<(), BackboneError> {
+        let active: Vec<(&Path, f32)> = mixture
+            .iter()
+            .filter(|(_, s)| *s != 0.0)
+            .map(|(e, s)| (e.path(), *s))
+            .collect();
+        let key: Vec<(u64, f32)> = mixture
+            .iter()
+            .filter(|(_, s)| *s != 0.0)
+            .map(|(e, s)| (e.id, *s))
+            .collect();
+        if self.mixture.as_ref() == Some(&key) {
+            return Ok(());
+        }
+        let adapters = if active.is_empty() {
+            Vec::new()
+        } else {
+            let image = crate::mixture::merged_image(&active, &self.info, self.from)?;
+            let adapter = self
+                .model
+                .load_adapter_bytes(&image)
+                .map_err(|source| BackboneError::Llama {
+                    path: self.info.path.clone(),
+                    source,
+                })?;
+            vec![(adapter, 1.0)]
+        };
+        self.ctx.set_adapters(&adapters).map_err(eval_error)?;
+        self.mixture = Some(key);
+        Ok(())
+    }
+
+    /// Makes `cancel` stop this session's decodes too.
+    pub fn watch_cancel(&self, cancel: Option<&crate::progress::CancelToken>) {
+        self.ctx.watch_cancel(cancel.map(|c| c.flag()));
+    }
+
+    /// The final hidden states at `positions` of the prompt whose lower
+    /// states are `lower`, under the current mixture: what
+    /// [`Session::states_at`] gives for that prompt and mixture.
+    pub fn states_at(
+        &mut self,
+        lower: &LowerStates,
+        positions: &[usize],
+    ) -> Result<Vec<Vec<f32>>, BackboneError> {
+        if lower.tokens() == 0 {
+            return Err(BackboneError::EmptyPrompt);
+        }
+        if lower.from != self.from {
+            return Err(BackboneError::Eval(LlamaError::NoEmbedding(lower.tokens())));
+        }
+        self.ctx.clear();
+        self.ctx.reset_cancel();
+        let states = self.ctx.decode_embeddings(&lower.rows, 0, positions);
+        self.ctx.clear();
+        states.map_err(eval_error)
+    }
 }

@@ -18,3 +18,4 @@ pub mod progress;
 pub mod prompt;
 pub mod store;
 pub mod tokenizer;
+pub mod upper;

@@ -32,7 +32,13 @@ struct Factors {
 /// The GGUF image of the adapter equal to the mixture `experts` (file and
 /// scale each), ready for `Model::load_adapter_bytes`. Its alpha is 0, which
 /// llama.cpp reads as "scale 1 whatever the rank": the scales are in B.
-pub fn merged_image(experts: &[(&Path, f32)], model: &ModelInfo) -> Result<Vec<u8>, LoraError> {
+/// `from_layer` > 0 renames the adapted weights for the model of layers
+/// `from_layer..` (`crate::upper`); an expert on a lower layer is refused.
+pub fn merged_image(
+    experts: &[(&Path, f32)],
+    model: &ModelInfo,
+    from_layer: usize,
+) -> Result<Vec<u8>, LoraError> {
     let mut merged: BTreeMap<String, Vec<(Factors, f32)>> = BTreeMap::new();
     for (i, &(path, scale)) in experts.iter().enumerate() {
         let (alpha, factors) = read_factors(path, model)?;
@@ -58,6 +64,7 @@ pub fn merged_image(experts: &[(&Path, f32)], model: &ModelInfo) -> Result<Vec<u
     for (target, parts) in &merged {
         let shape = &model.tensors[target];
         let (n_in, n_out) = (shape[0], shape[1] as usize);
+        let target = &renamed(target, from_layer)?;
         let rank: usize = parts.iter().map(|(f, _)| f.rank).sum();
         let a: Vec<f32> = parts
             .iter()
@@ -90,6 +97,18 @@ fn stack_scaled_b(parts: &[(Factors, f32)], rank: usize, n_out: usize) -> Vec<f3
         }
     }
     b
+}
+
+/// `target` as the model of layers `from_layer..` names it.
+fn renamed(target: &str, from_layer: usize) -> Result<String, LoraError> {
+    if from_layer == 0 {
+        return Ok(target.to_owned());
+    }
+    crate::upper::shifted_name(target, from_layer).ok_or_else(|| {
+        LoraError::Spec(format!(
+            "an expert adapts `{target}`, below layer {from_layer} where the upper layers begin"
+        ))
+    })
 }
 
 fn different_weights(path: &Path) -> LoraError {

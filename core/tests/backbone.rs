@@ -381,3 +381,40 @@ fn a_corrupted_model_is_refused_before_llama_cpp_loads_it() {
         other => panic!("expected a checksum error, got {:?}", other.err()),
     }
 }
+
+#[test]
+fn the_upper_layers_alone_give_the_full_pass_under_any_mixture() {
+    // Experts on layers 15-17: the upper model is layers 15.. (one global
+    // layer, 17, and sliding-window ones), fed the stream after layer 14.
+    let bb = backbone();
+    let dir = tempfile::tempdir().unwrap();
+    let e = experts(&bb, dir.path(), 2, 0.05);
+    let tokens = bb.tokenize(&history_prompt(12)).unwrap();
+    let positions = [3, tokens.len() / 2, tokens.len() - 1];
+    let upper = bb.upper_layers(15).unwrap().expect("Gemma 3 is supported");
+    let mut up = upper.session().unwrap();
+    let mut full = bb.session().unwrap();
+    let (at_base, lower) = full
+        .states_at_keeping_lower(&tokens, &positions, 15)
+        .unwrap();
+    assert_eq!(lower.tokens(), tokens.len());
+    let mixtures: [&[(&Expert, f32)]; 3] = [&[], &[(&e[0], 1.0)], &[(&e[0], 0.7), (&e[1], 0.3)]];
+    for mix in mixtures {
+        full.set_mixture(mix).unwrap();
+        let expected = full.states_at(&tokens, &positions).unwrap();
+        up.set_mixture(mix).unwrap();
+        let got = up.states_at(&lower, &positions).unwrap();
+        for (g, x) in got.iter().zip(&expected) {
+            assert!(
+                rel_diff(g, x) < 1e-6, // measured: 0, bit-identical
+                "{} experts: the upper layers differ from the full pass by {}",
+                mix.len(),
+                rel_diff(g, x)
+            );
+        }
+        if !mix.is_empty() {
+            assert!(rel_diff(&got[2], &at_base[2]) > 1e-3, "the mixture moves the state");
+        }
+    }
+    assert!(bb.upper_layers(0).unwrap().is_none(), "nothing to skip");
+}

@@ -498,6 +498,78 @@ impl GgufWriter {
         Ok(())
     }
 
+    /// Sets `key` to an array of u32 values.
+    pub fn set_u32_array(&mut self, key: &str, values: &[u32]) -> Result<(), GgufError> {
+        let key = Self::key(key)?;
+        // SAFETY: valid context and key; `values` holds `values.len()` u32s,
+        // which ggml copies.
+        unsafe {
+            sys::gguf_set_arr_data(
+                self.ctx.as_ptr(),
+                key.as_ptr(),
+                sys::GGUF_TYPE_UINT32,
+                values.as_ptr().cast(),
+                values.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Removes every key for which `drop` is true (keys copied from another
+    /// file that the new one must not carry).
+    pub fn remove_keys(&mut self, drop: impl Fn(&str) -> bool) {
+        let ctx = self.ctx.as_ptr();
+        // SAFETY: valid context; each id is below the count read just before,
+        // and the key's C string is copied before the key is removed.
+        let doomed: Vec<CString> = (0..unsafe { sys::gguf_get_n_kv(ctx) })
+            .map(|id| unsafe { CStr::from_ptr(sys::gguf_get_key(ctx, id)) }.to_owned())
+            .filter(|k| drop(&k.to_string_lossy()))
+            .collect();
+        for key in doomed {
+            // SAFETY: valid context and C string.
+            unsafe { sys::gguf_remove_key(ctx, key.as_ptr()) };
+        }
+    }
+
+    /// Adds a tensor from its bytes as stored (any ggml type, quantized
+    /// ones included): a tensor copied from another GGUF file. Refuses bytes
+    /// whose length is not what `dtype` and `shape` take.
+    pub fn add_tensor_bytes(
+        &mut self,
+        name: &str,
+        dtype: u32,
+        shape: &[u64],
+        data: Vec<u8>,
+    ) -> Result<(), GgufError> {
+        let bad = || GgufError::NoConversion {
+            path: PathBuf::from("(memory)"),
+            name: name.to_owned(),
+            dtype: type_name(dtype),
+        };
+        if dtype >= sys::GGML_TYPE_COUNT || shape.is_empty() || shape.len() > 4 {
+            return Err(bad());
+        }
+        // SAFETY: a valid type id; both only compute (whole blocks checked
+        // first: ggml_row_size asserts them).
+        let block = unsafe { sys::ggml_blck_size(dtype) }.max(1) as u64;
+        if !shape[0].is_multiple_of(block) {
+            return Err(bad());
+        }
+        // SAFETY: as above.
+        let row = unsafe { sys::ggml_row_size(dtype, shape[0] as i64) };
+        let rows: u64 = shape[1..].iter().product();
+        if row as u64 * rows != data.len() as u64 {
+            return Err(bad());
+        }
+        self.tensors.push(PendingTensor {
+            name: Self::key(name)?,
+            dtype,
+            shape: shape.iter().map(|&d| d as i64).collect(),
+            data,
+        });
+        Ok(())
+    }
+
     /// Adds a tensor from f32 values, stored as `dtype` (F32 or F16).
     /// `shape` is in ggml order (`shape[0]` contiguous).
     pub fn add_tensor(

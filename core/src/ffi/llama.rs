@@ -79,6 +79,29 @@ fn c_path(path: &Path) -> Result<CString, LlamaError> {
     CString::new(text).map_err(|_| LlamaError::BadPath(text.to_owned()))
 }
 
+/// Runs `read` on a read-only `FILE` stream over `image` (POSIX 2008
+/// `fmemopen`: glibc, Android API 23+, iOS 11+), closed afterwards; `None`
+/// when the stream cannot be opened (an empty image).
+fn memory_stream<T>(image: &[u8], read: impl FnOnce(*mut c_void) -> T) -> Option<T> {
+    extern "C" {
+        fn fmemopen(buf: *mut c_void, size: usize, mode: *const c_char) -> *mut c_void;
+        fn fclose(stream: *mut c_void) -> std::os::raw::c_int;
+    }
+    if image.is_empty() {
+        return None;
+    }
+    // SAFETY: mode "rb" never writes through `buf`, which outlives the stream
+    // (closed below, before `image` can go); NULL means failure.
+    let file = unsafe { fmemopen(image.as_ptr().cast_mut().cast(), image.len(), c"rb".as_ptr()) };
+    if file.is_null() {
+        return None;
+    }
+    let out = read(file);
+    // SAFETY: opened above, closed once; llama.cpp keeps no reference to it.
+    unsafe { fclose(file) };
+    Some(out)
+}
+
 struct ModelHandle(NonNull<sys::llama_model>);
 
 // SAFETY: a loaded llama_model is immutable; llama.cpp documents concurrent use
@@ -179,44 +202,46 @@ impl Model {
         }
     }
 
-    /// Loads a LoRA adapter from a GGUF image in memory, through a read-only
-    /// `fmemopen` stream (POSIX 2008: glibc, Android API 23+, iOS 11+). The
-    /// caller built the image from validated tensors (`crate::mixture`).
+    /// Loads a LoRA adapter from a GGUF image in memory (a read-only
+    /// [`memory_stream`]). The caller built the image from validated tensors
+    /// (`crate::mixture`).
     pub fn load_adapter_bytes(&self, image: &[u8]) -> Result<Adapter, LlamaError> {
-        extern "C" {
-            fn fmemopen(
-                buf: *mut std::ffi::c_void,
-                size: usize,
-                mode: *const std::os::raw::c_char,
-            ) -> *mut std::ffi::c_void;
-            fn fclose(stream: *mut std::ffi::c_void) -> std::os::raw::c_int;
-        }
-        if image.is_empty() {
-            return Err(LlamaError::AdapterLoad);
-        }
-        // SAFETY: mode "rb" never writes through `buf`, which outlives the
-        // stream (closed below, before `image` can go); NULL means failure.
-        let file = unsafe {
-            fmemopen(
-                image.as_ptr().cast_mut().cast(),
-                image.len(),
-                c"rb".as_ptr(),
-            )
-        };
-        if file.is_null() {
-            return Err(LlamaError::AdapterLoad);
-        }
         // SAFETY: the model is valid and `file` an open stream over the image;
         // llama.cpp reads it (seek, tell, read) and reports a bad image as NULL.
-        let ptr = unsafe { sys::llama_adapter_lora_init_from_file_ptr(self.ptr(), file.cast()) };
-        // SAFETY: opened above, closed once; llama.cpp keeps no reference to it.
-        unsafe { fclose(file) };
+        let ptr = memory_stream(image, |file| unsafe {
+            sys::llama_adapter_lora_init_from_file_ptr(self.ptr(), file)
+        })
+        .ok_or(LlamaError::AdapterLoad)?;
         let ptr = NonNull::new(ptr).ok_or(LlamaError::AdapterLoad)?;
         Ok(Adapter {
             handle: Arc::new(AdapterHandle {
                 ptr,
                 _model: self.handle.clone(),
             }),
+        })
+    }
+
+    /// Loads a model from a GGUF image in memory (a read-only
+    /// [`memory_stream`]; its weights are copied into llama.cpp's buffers,
+    /// not mapped). The caller built the image from a verified model file
+    /// (`crate::upper`). `repack` as in [`Model::load`]; the image carries
+    /// its own (empty) vocabulary.
+    pub fn load_bytes(image: &[u8], repack: bool) -> Result<Self, LlamaError> {
+        init_backend();
+        // SAFETY: returns a plain struct of defaults.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        params.n_gpu_layers = 0;
+        params.load_mode = sys::LLAMA_LOAD_MODE_NONE;
+        params.use_extra_bufts = repack;
+        // SAFETY: `file` is an open stream over the image for the call;
+        // params is by value; a bad image gives NULL.
+        let ptr = memory_stream(image, |file| unsafe {
+            sys::llama_model_load_from_file_ptr(file, params)
+        })
+        .ok_or(LlamaError::ModelLoad)?;
+        let ptr = NonNull::new(ptr).ok_or(LlamaError::ModelLoad)?;
+        Ok(Self {
+            handle: Arc::new(ModelHandle(ptr)),
         })
     }
 
@@ -370,46 +395,76 @@ impl KvCache {
 pub const MAX_OUTPUTS_PER_CALL: usize = 8;
 
 /// The rows of the graph's `result_norm` tensor (the final hidden states after
-/// the output norm, one per output token), captured by the eval callback.
+/// the output norm, one per output token), captured by the eval callback;
+/// and, when `layer_name` is set, every row of that layer's output (the
+/// residual stream after it, `l_out-<layer>`), which the upper layers alone
+/// can take as input (`crate::upper`).
 struct Capture {
     n_embd: usize,
     rows: Vec<f32>,
     failed: bool,
+    layer_name: Option<CString>,
+    layer_rows: Vec<f32>,
 }
 
 const RESULT_NORM: &[u8] = b"result_norm";
+
+/// Appends the f32 rows of `t` (checked: f32, `n_embd` wide) to `out`; false
+/// for a tensor of another type or width.
+///
+/// # Safety
+/// `t` is a tensor of the graph being computed, its data ready (an eval
+/// callback's second call).
+unsafe fn copy_rows(t: *mut sys::ggml_tensor, n_embd: usize, out: &mut Vec<f32>) -> bool {
+    // SAFETY: the caller passes a valid tensor.
+    let tensor = unsafe { &*t };
+    let rows = tensor.ne[1] as usize;
+    if tensor.type_ != sys::GGML_TYPE_F32 || tensor.ne[0] as usize != n_embd {
+        return false;
+    }
+    let start = out.len();
+    out.resize(start + rows * n_embd, 0.0);
+    // SAFETY: the tensor holds ne[0] * ne[1] contiguous f32 values (checked
+    // type and width; both captured tensors are fresh results of an op, so
+    // contiguous), the destination has room for exactly that many bytes.
+    unsafe {
+        sys::ggml_backend_tensor_get(
+            t,
+            out[start..].as_mut_ptr().cast(),
+            0,
+            rows * n_embd * std::mem::size_of::<f32>(),
+        )
+    };
+    true
+}
 
 extern "C" fn capture_result_norm(t: *mut sys::ggml_tensor, ask: bool, data: *mut c_void) -> bool {
     // SAFETY: ggml passes a valid tensor of the graph being computed.
     let tensor = unsafe { &*t };
     // SAFETY: ggml tensor names are NUL-terminated within their fixed array.
     let name = unsafe { CStr::from_ptr(tensor.name.as_ptr()) };
-    if ask {
-        // Observe only the final norm's output; everything else runs unobserved.
-        return name.to_bytes() == RESULT_NORM;
-    }
     // SAFETY: `data` is the Capture boxed in the Context that owns this
     // llama_context; it outlives every decode and is only touched here and by
     // that Context between decodes (never concurrently).
     let capture = unsafe { &mut *(data as *mut Capture) };
-    let rows = tensor.ne[1] as usize;
-    if tensor.type_ != sys::GGML_TYPE_F32 || tensor.ne[0] as usize != capture.n_embd {
-        capture.failed = true;
-        return false;
+    let is_layer = capture
+        .layer_name
+        .as_deref()
+        .is_some_and(|layer| layer == name);
+    if ask {
+        // Observe only these; everything else runs unobserved.
+        return name.to_bytes() == RESULT_NORM || is_layer;
     }
-    let start = capture.rows.len();
-    capture.rows.resize(start + rows * capture.n_embd, 0.0);
-    // SAFETY: the tensor holds ne[0] * ne[1] contiguous f32 values (checked type
-    // and width; result_norm is a fresh, contiguous tensor), the destination has
-    // room for exactly that many bytes.
-    unsafe {
-        sys::ggml_backend_tensor_get(
-            t,
-            capture.rows[start..].as_mut_ptr().cast(),
-            0,
-            rows * capture.n_embd * std::mem::size_of::<f32>(),
-        )
-    };
+    let n_embd = capture.n_embd;
+    if is_layer {
+        // SAFETY: an eval callback's second call: the tensor's data is ready.
+        let ok = unsafe { copy_rows(t, n_embd, &mut capture.layer_rows) };
+        capture.failed |= !ok;
+        return ok; // go on to the final norm
+    }
+    // SAFETY: as above.
+    let ok = unsafe { copy_rows(t, n_embd, &mut capture.rows) };
+    capture.failed |= !ok;
     // Stop the graph here: what follows `result_norm` is only the 262k-word
     // output layer, whose logits nobody reads (ggml's scheduler ends the
     // compute when the callback returns false; the KV cache was written by
@@ -427,9 +482,9 @@ extern "C" fn capture_result_norm(t: *mut sys::ggml_tensor, ask: bool, data: *mu
 pub struct Context {
     ptr: NonNull<sys::llama_context>,
     batch: sys::llama_batch,
+    // For embeddings input (`decode_embeddings`), allocated at its first use.
+    embd_batch: Option<sys::llama_batch>,
     params: ContextParams,
-    // Read by the bench's raw decode loop only.
-    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
     n_embd: usize,
     // The mixture currently set, its adapters kept alive while llama.cpp
     // refers to them.
@@ -512,6 +567,8 @@ impl Context {
             n_embd: model.n_embd(),
             rows: Vec::new(),
             failed: false,
+            layer_name: None,
+            layer_rows: Vec::new(),
         });
         // SAFETY: returns a plain struct of defaults.
         let mut cp = unsafe { sys::llama_context_default_params() };
@@ -548,6 +605,7 @@ impl Context {
         Ok(Self {
             ptr,
             batch,
+            embd_batch: None,
             params,
             n_embd: model.n_embd(),
             adapters: Vec::new(),
@@ -636,7 +694,54 @@ impl Context {
         start: usize,
         outputs: &[usize],
     ) -> Result<Vec<Vec<f32>>, LlamaError> {
-        let end = start + tokens.len();
+        self.decode_input(Input::Tokens(tokens), start, outputs)
+    }
+
+    /// [`Context::decode`], also returning every row of layer `layer`'s output
+    /// (`[tokens.len(), n_embd]`, the residual stream after that layer).
+    pub fn decode_keeping_layer(
+        &mut self,
+        tokens: &[Token],
+        start: usize,
+        outputs: &[usize],
+        layer: usize,
+    ) -> Result<(Vec<Vec<f32>>, Vec<f32>), LlamaError> {
+        self.capture.layer_name = Some(
+            CString::new(format!("l_out-{layer}")).expect("a layer name has no NUL byte"),
+        );
+        self.capture.layer_rows.clear();
+        let states = self.decode_input(Input::Tokens(tokens), start, outputs);
+        self.capture.layer_name = None;
+        let rows = std::mem::take(&mut self.capture.layer_rows);
+        let states = states?;
+        if rows.len() != tokens.len() * self.n_embd {
+            return Err(LlamaError::NoEmbedding(tokens.len()));
+        }
+        Ok((states, rows))
+    }
+
+    /// [`Context::decode`] on input vectors instead of tokens (`[n, n_embd]`,
+    /// row-major; a model of the upper layers fed the layer below them).
+    pub fn decode_embeddings(
+        &mut self,
+        rows: &[f32],
+        start: usize,
+        outputs: &[usize],
+    ) -> Result<Vec<Vec<f32>>, LlamaError> {
+        if !rows.len().is_multiple_of(self.n_embd) {
+            return Err(LlamaError::NoEmbedding(rows.len() / self.n_embd));
+        }
+        self.decode_input(Input::Embeddings(rows), start, outputs)
+    }
+
+    fn decode_input(
+        &mut self,
+        input: Input,
+        start: usize,
+        outputs: &[usize],
+    ) -> Result<Vec<Vec<f32>>, LlamaError> {
+        let n = input.len(self.n_embd);
+        let end = start + n;
         if end > self.params.n_ctx as usize {
             return Err(LlamaError::ContextFull {
                 tokens: end,
@@ -644,14 +749,13 @@ impl Context {
             });
         }
         debug_assert!(
-            outputs.windows(2).all(|w| w[0] < w[1])
-                && outputs.last().is_none_or(|&o| o < tokens.len())
+            outputs.windows(2).all(|w| w[0] < w[1]) && outputs.last().is_none_or(|&o| o < n)
         );
         let mut states = Vec::with_capacity(outputs.len());
         let mut next_output = 0;
         let mut offset = 0;
-        while offset < tokens.len() {
-            let mut len = (tokens.len() - offset).min(self.params.n_batch as usize);
+        while offset < n {
+            let mut len = (n - offset).min(self.params.n_batch as usize);
             let first_output = next_output;
             while next_output < outputs.len() && outputs[next_output] < offset + len {
                 if next_output - first_output == MAX_OUTPUTS_PER_CALL {
@@ -665,8 +769,18 @@ impl Context {
                 .iter()
                 .map(|i| i - offset)
                 .collect();
-            self.fill_batch(&tokens[offset..offset + len], start + offset, &wanted);
-            self.run_batch()?;
+            let batch = match input {
+                Input::Tokens(tokens) => {
+                    self.fill_batch(&tokens[offset..offset + len], start + offset, &wanted);
+                    self.batch
+                }
+                Input::Embeddings(rows) => {
+                    let d = self.n_embd;
+                    let chunk = &rows[offset * d..(offset + len) * d];
+                    self.fill_embd_batch(chunk, start + offset, &wanted)
+                }
+            };
+            self.run(batch)?;
             states.extend(self.captured(wanted.len())?);
             offset += len;
         }
@@ -679,26 +793,41 @@ impl Context {
         for (i, &token) in chunk.iter().enumerate() {
             // SAFETY: the batch was allocated for n_batch >= chunk.len() tokens with
             // one sequence id each, so every index written here is in bounds.
-            unsafe {
-                *b.token.add(i) = token;
-                *b.pos.add(i) = (start + i) as i32;
-                *b.n_seq_id.add(i) = 1;
-                *(*b.seq_id.add(i)) = 0;
-                *b.logits.add(i) = 0;
-            }
+            unsafe { *b.token.add(i) = token };
         }
-        for &i in wanted {
-            // SAFETY: `i < chunk.len()` by construction in `decode`.
-            unsafe { *b.logits.add(i) = 1 };
-        }
+        fill_positions(b, chunk.len(), start, wanted);
     }
 
+    /// Fills the embeddings batch (allocating it the first time) with `chunk`
+    /// (`[len, n_embd]`) at positions from `start`.
+    fn fill_embd_batch(&mut self, chunk: &[f32], start: usize, wanted: &[usize]) -> sys::llama_batch {
+        let n_batch = self.params.n_batch as i32;
+        let n_embd = self.n_embd;
+        // SAFETY: allocates a batch of n_batch rows of n_embd floats, one
+        // sequence each; freed in Drop.
+        let b = self
+            .embd_batch
+            .get_or_insert_with(|| unsafe { sys::llama_batch_init(n_batch, n_embd as i32, 1) });
+        let len = chunk.len() / n_embd;
+        b.n_tokens = len as i32;
+        // SAFETY: the batch holds n_batch >= len rows of n_embd floats.
+        unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), b.embd, chunk.len()) };
+        fill_positions(b, len, start, wanted);
+        *b
+    }
+
+    #[cfg(feature = "bench")]
     fn run_batch(&mut self) -> Result<(), LlamaError> {
+        self.run(self.batch)
+    }
+
+    fn run(&mut self, batch: sys::llama_batch) -> Result<(), LlamaError> {
         self.capture.rows.clear();
         self.capture.failed = false;
-        // SAFETY: the batch is fully initialised for n_tokens entries, which never
-        // exceed the context's n_batch (the chunking above guarantees it).
-        let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), self.batch) };
+        // SAFETY: the batch is one of this context's, fully initialised for
+        // n_tokens entries, which never exceed the context's n_batch (the
+        // chunking above guarantees it).
+        let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), batch) };
         match rc {
             0 => Ok(()),
             2 => Err(LlamaError::Cancelled),
@@ -722,12 +851,50 @@ impl Context {
     }
 }
 
+/// What a decode reads: tokens, or input vectors of `n_embd` floats each.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Tokens(&'a [Token]),
+    Embeddings(&'a [f32]),
+}
+
+impl Input<'_> {
+    fn len(&self, n_embd: usize) -> usize {
+        match self {
+            Input::Tokens(tokens) => tokens.len(),
+            Input::Embeddings(rows) => rows.len() / n_embd,
+        }
+    }
+}
+
+/// A batch's positions, sequence ids and output flags for `len` entries from
+/// position `start`, outputs at the `wanted` indices.
+fn fill_positions(b: &mut sys::llama_batch, len: usize, start: usize, wanted: &[usize]) {
+    for i in 0..len {
+        // SAFETY: every batch was allocated for n_batch >= len entries with
+        // one sequence id each, so every index written here is in bounds.
+        unsafe {
+            *b.pos.add(i) = (start + i) as i32;
+            *b.n_seq_id.add(i) = 1;
+            *(*b.seq_id.add(i)) = 0;
+            *b.logits.add(i) = 0;
+        }
+    }
+    for &i in wanted {
+        // SAFETY: `i < len` by construction in `decode_input`.
+        unsafe { *b.logits.add(i) = 1 };
+    }
+}
+
 impl Drop for Context {
     fn drop(&mut self) {
-        // SAFETY: the batch came from llama_batch_init and the context from
-        // llama_init_from_model; neither is used after this.
+        // SAFETY: the batches came from llama_batch_init and the context from
+        // llama_init_from_model; none is used after this.
         unsafe {
             sys::llama_batch_free(self.batch);
+            if let Some(batch) = self.embd_batch {
+                sys::llama_batch_free(batch);
+            }
             sys::llama_free(self.ptr.as_ptr());
         }
     }
