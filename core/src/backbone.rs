@@ -16,6 +16,7 @@ pub use crate::ffi::llama::Token;
 use crate::ffi::llama::{Adapter, Context, ContextParams, LlamaError, Model, Vocabulary};
 use crate::lora::LoraError;
 use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::upper::UpperSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {
@@ -163,6 +164,17 @@ pub struct BackboneConfig {
     /// sees them (`crate::mixture`): the same mixture in half the small
     /// matrix products. Off only to measure what merging saves.
     pub merge_mixtures: bool,
+    /// Where the backbone may write a file for a moment (the upper layers'
+    /// model, [`Backbone::upper_layers`], lives there for the time llama.cpp
+    /// takes to map it). `None`: the system's temporary directory, which on
+    /// Android is not an app's to write: the engine passes its store's.
+    pub scratch_dir: Option<PathBuf>,
+}
+
+impl BackboneConfig {
+    fn scratch_dir(&self) -> PathBuf {
+        self.scratch_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
 }
 
 impl Default for BackboneConfig {
@@ -175,6 +187,7 @@ impl Default for BackboneConfig {
             repack_weights: None,
             kv_cache: None,
             merge_mixtures: true,
+            scratch_dir: None,
         }
     }
 }
@@ -228,6 +241,8 @@ pub const INITIAL_CELLS: u32 = 256;
 pub struct Backbone {
     model: Model,
     tokenizer: Arc<Tokenizer>,
+    /// What [`Backbone::upper_layers`] builds from (`None`: not supported).
+    upper: Option<Arc<UpperSource>>,
     info: Arc<ModelInfo>,
     config: BackboneConfig,
 }
@@ -243,7 +258,10 @@ impl Backbone {
         let repack = config.repack_weights.unwrap_or_else(default_repack);
         // Our tokenizer reads the vocabulary once; llama.cpp loads the model
         // without it (27 MB of tables it would keep for Gemma).
-        let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&info.path)?)?;
+        let gguf = GgufFile::open(&info.path)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let upper = UpperSource::read(&gguf, &info)?.map(Arc::new);
+        drop(gguf);
         let vocabulary = Vocabulary::Skipped {
             arch: &info.arch,
             tokens: tokenizer.len(),
@@ -256,6 +274,7 @@ impl Backbone {
         Ok(Self {
             model,
             tokenizer: Arc::new(tokenizer),
+            upper,
             info: Arc::new(info),
             config,
         })
@@ -535,35 +554,36 @@ impl Session {
         Ok(states)
     }
 
-    /// [`Session::states_at`], also returning the residual stream after layer
-    /// `from - 1` at every token: what [`UpperSession::states_at`] reads to
-    /// run layers `from..` alone. The mixture does not change those vectors
-    /// when every expert adapts layers `from..` only.
-    pub fn states_at_keeping_lower(
+    /// The residual stream after layer `from - 1` at every token of `tokens`
+    /// (encoded from scratch, layers `0..from` only): what
+    /// [`UpperSession::states_at`] reads to run layers `from..` alone. The
+    /// mixture does not change it when every expert adapts layers `from..`
+    /// only. Leaves the cache empty.
+    ///
+    /// `positions` are the states the upper passes will read: the calls are
+    /// split as [`Session::states_at`] splits them for those, so the
+    /// rounding is the same as in a full pass.
+    pub fn lower_states(
         &mut self,
         tokens: &[Token],
         positions: &[usize],
         from: usize,
-    ) -> Result<(Vec<Vec<f32>>, LowerStates), BackboneError> {
+    ) -> Result<LowerStates, BackboneError> {
         if tokens.is_empty() || from == 0 {
             return Err(BackboneError::EmptyPrompt);
         }
         self.reserve(tokens.len())?;
-        self.ctx.clear();
-        self.cached.clear();
-        self.last_state = None;
+        self.forget();
         self.ctx.reset_cancel();
         self.evaluated = tokens.len();
-        let out = self.ctx.decode_keeping_layer(tokens, 0, positions, from - 1);
-        // The cache is left cleared: these passes are not a prefix to extend.
+        let rows = self.ctx.decode_up_to_layer(tokens, from - 1, positions);
+        // The layers above `from` wrote nothing: no prefix to extend.
         self.ctx.clear();
-        let (states, rows) = out.map_err(eval_error)?;
-        let lower = LowerStates {
-            rows,
+        Ok(LowerStates {
+            rows: rows.map_err(eval_error)?,
             n_embd: self.info.n_embd,
             from,
-        };
-        Ok((states, lower))
+        })
     }
 
     fn eval_suffix(&mut self, tokens: &[Token], from: usize) -> Result<Vec<f32>, BackboneError> {
@@ -592,8 +612,87 @@ fn common_prefix(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// A file this process wrote and checked, removed when dropped.
+struct ScratchFile(PathBuf);
+
+impl ScratchFile {
+    /// Writes a new file in `dir` with `fill`, syncs it (written pages
+    /// would otherwise stay dirty until the kernel writes them back) and
+    /// reads it back to check that it holds what was written.
+    fn write(
+        dir: &Path,
+        fill: impl FnOnce(
+            &mut HashingWriter<std::io::BufWriter<std::fs::File>>,
+        ) -> Result<(), BackboneError>,
+    ) -> Result<Self, BackboneError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            ".l2rec-upper-{}-{}.gguf",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = dir.join(name);
+        let io = |source| BackboneError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io)?;
+        let scratch = ScratchFile(path.clone()); // removed from here on
+        let mut out = HashingWriter {
+            inner: std::io::BufWriter::new(file),
+            hasher: Sha256::new(),
+        };
+        fill(&mut out)?;
+        let expected = hex::encode(out.hasher.finalize());
+        let file = out.inner.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        let found = sha256_file(&path).map_err(io)?;
+        if found != expected {
+            return Err(BackboneError::Checksum {
+                path,
+                expected,
+                found,
+            });
+        }
+        Ok(scratch)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The residual stream entering layer `from` at every token of one prompt
-/// (`[tokens, n_embd]`), from [`Session::states_at_keeping_lower`].
+/// (`[tokens, n_embd]`), from [`Session::lower_states`].
 #[derive(Debug, Clone)]
 pub struct LowerStates {
     rows: Vec<f32>,
@@ -624,14 +723,37 @@ pub struct UpperLayers {
 }
 
 impl Backbone {
-    /// Layers `from..` as a model of their own, or `None` where
-    /// `crate::upper` does not support it (then every pass runs all layers).
-    pub fn upper_layers(&self, from: usize) -> Result<Option<UpperLayers>, BackboneError> {
-        let Some(image) = crate::upper::upper_image(&self.info, from)? else {
+    /// Layers `from..` as a model of their own (or a few more below, see
+    /// `UpperSource::start`: [`UpperLayers::from_layer`] says where it
+    /// starts), or `None` where `crate::upper` does not support it (then
+    /// every pass runs all layers).
+    ///
+    /// The model is written to a file in [`BackboneConfig::scratch_dir`]
+    /// (its weights copied from the verified backbone file a megabyte at a
+    /// time), synced, checked against what was written, mapped by llama.cpp
+    /// and unlinked at once: its weights are then clean file pages, which a
+    /// phone does not count against the app (loaded from memory they would
+    /// be 8 MB of dirty pages, plus an 8 MB image while loading), and
+    /// nothing is left on disk.
+    pub fn upper_layers(&self, wanted: usize) -> Result<Option<UpperLayers>, BackboneError> {
+        let Some(source) = self.upper.as_ref() else {
             return Ok(None);
         };
+        let from = source.start(wanted);
+        if !crate::upper::supported(&self.info, from) {
+            return Ok(None);
+        }
+        let file = ScratchFile::write(&self.config.scratch_dir(), |out| {
+            source.write(&self.info, from, out)
+        })?;
         let repack = self.config.repack_weights.unwrap_or_else(default_repack);
-        let model = Model::load_bytes(&image, repack).map_err(|e| self.llama_error(e))?;
+        let model = Model::load(file.path(), repack, Vocabulary::Llama).map_err(|source| {
+            BackboneError::Llama {
+                path: file.path().to_owned(),
+                source,
+            }
+        })?;
+        drop(file); // unlinked: the mapping keeps its pages
         Ok(Some(UpperLayers {
             model,
             info: self.info.clone(),
@@ -699,13 +821,13 @@ impl UpperSession {
             Vec::new()
         } else {
             let image = crate::mixture::merged_image(&active, &self.info, self.from)?;
-            let adapter = self
-                .model
-                .load_adapter_bytes(&image)
-                .map_err(|source| BackboneError::Llama {
-                    path: self.info.path.clone(),
-                    source,
-                })?;
+            let adapter =
+                self.model
+                    .load_adapter_bytes(&image)
+                    .map_err(|source| BackboneError::Llama {
+                        path: self.info.path.clone(),
+                        source,
+                    })?;
             vec![(adapter, 1.0)]
         };
         self.ctx.set_adapters(&adapters).map_err(eval_error)?;

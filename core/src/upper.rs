@@ -14,8 +14,12 @@
 //! Invariant: this module knows GGUF layout and llama.cpp's metadata for the
 //! architectures it supports (Gemma 3), not views, gates or users.
 
+use std::fs::File;
+use std::io::{Read as _, Write};
+use std::os::unix::fs::FileExt as _;
+
 use crate::backbone::{BackboneError, ModelInfo};
-use crate::ffi::gguf::{GgufFile, GgufWriter, GGML_TYPE_F32};
+use crate::ffi::gguf::{GgufError, GgufFile, GgufWriter, Layout, TensorInfo, GGML_TYPE_F32};
 
 /// Gemma 3's pattern of sliding-window and global layers when the file does
 /// not say: every 6th layer is global (llama.cpp's default for the arch).
@@ -34,6 +38,165 @@ pub fn shifted_name(name: &str, from: usize) -> Option<String> {
 /// an architecture whose metadata this module knows, and layers to skip.
 pub fn supported(info: &ModelInfo, from: usize) -> bool {
     info.arch == "gemma3" && from > 0 && from < info.n_layer
+}
+
+/// What the upper layers' model is made from, read when the backbone opens:
+/// its metadata without the vocabulary (a header-only GGUF image of a few
+/// KB; the vocabulary is 10 MB that a build would otherwise parse and copy
+/// again), its tensor table, which layers use the sliding window, and the
+/// backbone file itself, held open since it was verified: the weights
+/// copied later are read from that same file.
+pub struct UpperSource {
+    meta: Vec<u8>,
+    tensors: Vec<TensorInfo>,
+    sliding: Vec<bool>,
+    file: File,
+    file_len: u64,
+}
+
+impl UpperSource {
+    /// `None` for an architecture [`supported`] does not know or a
+    /// sliding-window pattern stated in a form this module does not read.
+    pub fn read(gguf: &GgufFile, info: &ModelInfo) -> Result<Option<Self>, BackboneError> {
+        if !supported(info, 1) {
+            return Ok(None); // no layer `1..` model: no split at all
+        }
+        let Some(sliding) = sliding_layers(gguf, info)? else {
+            return Ok(None);
+        };
+        let io = |source| BackboneError::Io {
+            path: info.path.clone(),
+            source,
+        };
+        let file = File::open(&info.path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        Ok(Some(Self {
+            meta: gguf.metadata_image(|k| k.starts_with("tokenizer."))?,
+            tensors: gguf.tensors(),
+            sliding,
+            file,
+            file_len,
+        }))
+    }
+
+    /// Where the model of layers `wanted..` starts: `wanted`, or lower until
+    /// it holds a sliding-window layer when the backbone has any. llama.cpp
+    /// builds Gemma 3's sliding-window graph for a model that declares a
+    /// window and aborts if none of its layers uses it; rather than rely on
+    /// its plain graph giving a global layer's states (not tested here),
+    /// layer 17 alone runs as layers 16-17.
+    pub fn start(&self, wanted: usize) -> usize {
+        if !self.sliding.contains(&true) {
+            return wanted;
+        }
+        let mut from = wanted;
+        while from > 0 && !self.sliding[from..].contains(&true) {
+            from -= 1;
+        }
+        from
+    }
+
+    /// Writes the model of layers `from..` of the backbone `info` describes
+    /// to `out`, its weights copied from the backbone file in 1 MB pieces
+    /// (never the whole model in memory). `from` must be [`supported`].
+    pub fn write(
+        &self,
+        info: &ModelInfo,
+        from: usize,
+        out: &mut impl Write,
+    ) -> Result<(), BackboneError> {
+        let (layout, sources) = self.layout(info, from)?;
+        let io = |source| BackboneError::Io {
+            path: info.path.clone(),
+            source,
+        };
+        out.write_all(&layout.header).map_err(io)?;
+        let mut at = layout.header.len() as u64;
+        let mut buf = vec![0u8; 1 << 20];
+        for (source, &offset) in sources.iter().zip(&layout.offsets) {
+            write_zeros(out, offset - at).map_err(io)?;
+            at = offset;
+            match *source {
+                Source::Zeros(n) => write_zeros(out, n).map_err(io)?,
+                Source::File { offset, bytes } => {
+                    self.copy_range(offset, bytes, &mut buf, out).map_err(io)?
+                }
+            }
+            at += source.len();
+        }
+        write_zeros(out, layout.len - at).map_err(io)
+    }
+
+    /// The new file's header and where each of its tensors' data comes from.
+    fn layout(
+        &self,
+        info: &ModelInfo,
+        from: usize,
+    ) -> Result<(Layout, Vec<Source>), BackboneError> {
+        let arch = &info.arch;
+        let mut w = GgufWriter::new();
+        GgufFile::from_bytes(&self.meta, "(the backbone's metadata)")?.copy_metadata_into(&mut w);
+        w.set_str("tokenizer.ggml.model", "no_vocab")?;
+        w.set_u32(&format!("{arch}.vocab_size"), 1)?;
+        w.set_u32(&format!("{arch}.block_count"), (info.n_layer - from) as u32)?;
+        let pattern: Vec<u32> = self.sliding[from..].iter().map(|&s| s as u32).collect();
+        w.set_u32_array(
+            &format!("{arch}.attention.sliding_window_pattern"),
+            &pattern,
+        )?;
+        let mut sources = Vec::new();
+        for t in &self.tensors {
+            let name = match t.name.as_str() {
+                // Never read (the input is vectors); one row keeps the loader happy.
+                "token_embd.weight" => {
+                    let bytes =
+                        w.declare_tensor(&t.name, GGML_TYPE_F32, &[info.n_embd as u64, 1])?;
+                    sources.push(Source::Zeros(bytes));
+                    continue;
+                }
+                // An untied output layer: its logits are never computed.
+                "output.weight" => continue,
+                n if n.starts_with("blk.") => match shifted_name(n, from) {
+                    Some(shifted) => shifted,
+                    None => continue, // a lower layer
+                },
+                n => n.to_owned(), // output_norm and the like
+            };
+            let bytes = w.declare_tensor(&name, t.dtype, &t.shape)?;
+            if bytes != t.bytes
+                || t.offset
+                    .checked_add(bytes)
+                    .is_none_or(|end| end > self.file_len)
+            {
+                return Err(BackboneError::Gguf(GgufError::OutOfBounds {
+                    path: info.path.clone(),
+                    name: t.name.clone(),
+                }));
+            }
+            sources.push(Source::File {
+                offset: t.offset,
+                bytes,
+            });
+        }
+        Ok((w.layout()?, sources))
+    }
+
+    fn copy_range(
+        &self,
+        offset: u64,
+        bytes: u64,
+        buf: &mut [u8],
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < bytes {
+            let n = (bytes - done).min(buf.len() as u64) as usize;
+            self.file.read_exact_at(&mut buf[..n], offset + done)?;
+            out.write_all(&buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Which of layers `0..n_layer` use the sliding window (`None`: the file
@@ -60,50 +223,23 @@ fn sliding_layers(gguf: &GgufFile, info: &ModelInfo) -> Result<Option<Vec<bool>>
     ))
 }
 
-/// The GGUF image of layers `from..n_layer` of the backbone `info` describes
-/// (its file already verified by `ModelInfo::read`), or `None` when
-/// [`supported`] says no.
-pub fn upper_image(info: &ModelInfo, from: usize) -> Result<Option<Vec<u8>>, BackboneError> {
-    if !supported(info, from) {
-        return Ok(None);
+/// Where a tensor's data comes from.
+enum Source {
+    Zeros(u64),
+    File { offset: u64, bytes: u64 },
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match *self {
+            Source::Zeros(n) => n,
+            Source::File { bytes, .. } => bytes,
+        }
     }
-    let gguf = GgufFile::open(&info.path)?;
-    let Some(sliding) = sliding_layers(&gguf, info)? else {
-        return Ok(None);
-    };
-    let arch = &info.arch;
-    let mut w = GgufWriter::new();
-    gguf.copy_metadata_into(&mut w);
-    w.remove_keys(|k| k.starts_with("tokenizer."));
-    w.set_str("tokenizer.ggml.model", "no_vocab")?;
-    w.set_u32(&format!("{arch}.vocab_size"), 1)?;
-    w.set_u32(&format!("{arch}.block_count"), (info.n_layer - from) as u32)?;
-    let pattern: Vec<u32> = sliding[from..].iter().map(|&s| s as u32).collect();
-    w.set_u32_array(&format!("{arch}.attention.sliding_window_pattern"), &pattern)?;
-    for t in gguf.tensors() {
-        let name = match t.name.as_str() {
-            // Never read (the input is vectors); one row keeps the loader happy.
-            "token_embd.weight" => {
-                w.add_tensor(
-                    &t.name,
-                    &[info.n_embd as u64, 1],
-                    &vec![0.0; info.n_embd],
-                    GGML_TYPE_F32,
-                )?;
-                continue;
-            }
-            // An untied output layer: its logits are never computed.
-            "output.weight" => continue,
-            n if n.starts_with("blk.") => match shifted_name(n, from) {
-                Some(shifted) => shifted,
-                None => continue, // a lower layer
-            },
-            n => n.to_owned(), // output_norm and the like
-        };
-        let bytes = gguf.tensor_bytes(&t)?;
-        w.add_tensor_bytes(&name, t.dtype, &t.shape, bytes)?;
-    }
-    Ok(Some(w.to_bytes()?))
+}
+
+fn write_zeros(out: &mut impl Write, n: u64) -> std::io::Result<()> {
+    std::io::copy(&mut std::io::repeat(0).take(n), out).map(|_| ())
 }
 
 #[cfg(test)]

@@ -394,10 +394,9 @@ fn the_upper_layers_alone_give_the_full_pass_under_any_mixture() {
     let upper = bb.upper_layers(15).unwrap().expect("Gemma 3 is supported");
     let mut up = upper.session().unwrap();
     let mut full = bb.session().unwrap();
-    let (at_base, lower) = full
-        .states_at_keeping_lower(&tokens, &positions, 15)
-        .unwrap();
+    let lower = full.lower_states(&tokens, &positions, 15).unwrap();
     assert_eq!(lower.tokens(), tokens.len());
+    let at_base = full.states_at(&tokens, &positions).unwrap();
     let mixtures: [&[(&Expert, f32)]; 3] = [&[], &[(&e[0], 1.0)], &[(&e[0], 0.7), (&e[1], 0.3)]];
     for mix in mixtures {
         full.set_mixture(mix).unwrap();
@@ -413,8 +412,33 @@ fn the_upper_layers_alone_give_the_full_pass_under_any_mixture() {
             );
         }
         if !mix.is_empty() {
-            assert!(rel_diff(&got[2], &at_base[2]) > 1e-3, "the mixture moves the state");
+            assert!(
+                rel_diff(&got[2], &at_base[2]) > 1e-3,
+                "the mixture moves the state"
+            );
         }
     }
     assert!(bb.upper_layers(0).unwrap().is_none(), "nothing to skip");
+
+    // Layer 17 alone is a global layer: llama.cpp needs a sliding-window
+    // layer in the model, so it starts at 16.
+    let top = bb.upper_layers(17).unwrap().unwrap();
+    assert_eq!(top.from_layer(), 16);
+    full.set_mixture(&[]).unwrap(); // the experts adapt layer 15 too
+    let lower = full.lower_states(&tokens, &positions, 16).unwrap();
+    let expected = full.states_at(&tokens, &positions).unwrap();
+    let got = top
+        .session()
+        .unwrap()
+        .states_at(&lower, &positions)
+        .unwrap();
+    let gaps: Vec<f32> = got
+        .iter()
+        .zip(&expected)
+        .map(|(g, x)| rel_diff(g, x))
+        .collect();
+    assert!(
+        gaps.iter().all(|&g| g < 1e-6),
+        "layer 17 alone differs by {gaps:?}"
+    );
 }

@@ -98,8 +98,11 @@ fn the_whole_flow() {
         report.train_loss_after <= report.train_loss_before,
         "{report:?}"
     );
-    // Per view: the current mixture, each of 2 experts alone, the new mixture.
-    assert_eq!(report.backbone_passes, 2 * (1 + 2 + 1));
+    // Per view: the current mixture, each of 2 experts alone, the new mixture,
+    // all through the upper layer (the experts adapt layer 17 only) after one
+    // full pass per view for the stream below it.
+    assert_eq!(report.upper_passes, 2 * (1 + 2 + 1));
+    assert_eq!(report.backbone_passes, 2);
 
     let exported = serde_json::to_string(&e.export_user("ann").unwrap()).unwrap();
     assert!(exported.contains("\"5\""), "{exported}");

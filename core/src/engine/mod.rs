@@ -177,6 +177,7 @@ impl Engine {
             info,
             BackboneConfig {
                 threads: config.threads,
+                scratch_dir: Some(config.store_path.clone()),
                 ..Default::default()
             },
         )?;

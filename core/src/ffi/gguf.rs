@@ -148,6 +148,43 @@ impl GgufFile {
         })
     }
 
+    /// Parses the metadata of a GGUF image in memory (`name` stands for its
+    /// path in errors). It has no tensor data to read.
+    pub fn from_bytes(image: &[u8], name: &str) -> Result<Self, GgufError> {
+        let path = PathBuf::from(name);
+        let parse = || GgufError::Parse { path: path.clone() };
+        if image.len() < 8 || &image[..4] != GGUF_MAGIC {
+            return Err(parse());
+        }
+        let params = sys::gguf_init_params {
+            no_alloc: true,
+            ctx: std::ptr::null_mut(),
+        };
+        // SAFETY: `file` is a stream over the image for the call; with
+        // no_alloc and a NULL ctx ggml only reads metadata, returning NULL on
+        // a malformed image.
+        let ptr = super::memory_stream(image, |file| unsafe {
+            sys::gguf_init_from_file_ptr(file, params)
+        })
+        .ok_or_else(parse)?;
+        let ctx = NonNull::new(ptr).ok_or_else(parse)?;
+        Ok(Self {
+            ctx,
+            path,
+            file_len: 0,
+        })
+    }
+
+    /// A header-only GGUF image of this file's metadata without the keys
+    /// `drop` names (no tensors): what a derived file starts from, kept
+    /// small (Gemma's vocabulary alone is 10 MB of metadata).
+    pub fn metadata_image(&self, drop: impl Fn(&str) -> bool) -> Result<Vec<u8>, GgufError> {
+        let mut w = GgufWriter::new();
+        self.copy_metadata_into(&mut w);
+        w.remove_keys(drop);
+        w.to_bytes()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -437,10 +474,48 @@ fn to_f32(bytes: &[u8], info: &TensorInfo) -> Option<Vec<f32>> {
     Some(out)
 }
 
+/// Where a file's parts go ([`GgufWriter::layout`]).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub header: Vec<u8>,
+    /// Each tensor's data offset from the start of the file, in order.
+    pub offsets: Vec<u64>,
+    /// The file's length (the last tensor's end, aligned).
+    pub len: u64,
+}
+
+/// The bytes a tensor of `dtype` and `shape` takes; an error for a type
+/// ggml does not know or rows that are not whole blocks.
+fn data_bytes(name: &str, dtype: u32, shape: &[u64]) -> Result<u64, GgufError> {
+    let bad = || GgufError::NoConversion {
+        path: PathBuf::from("(memory)"),
+        name: name.to_owned(),
+        dtype: type_name(dtype),
+    };
+    if dtype >= sys::GGML_TYPE_COUNT || shape.is_empty() || shape.len() > 4 {
+        return Err(bad());
+    }
+    // SAFETY: a valid type id; both only compute (whole blocks checked
+    // first: ggml_row_size asserts them).
+    let block = unsafe { sys::ggml_blck_size(dtype) }.max(1) as u64;
+    if !shape[0].is_multiple_of(block) {
+        return Err(bad());
+    }
+    // SAFETY: as above.
+    let row = unsafe { sys::ggml_row_size(dtype, shape[0] as i64) } as u64;
+    Ok(row * shape[1..].iter().product::<u64>())
+}
+
+fn data_bytes_of(t: &PendingTensor) -> u64 {
+    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+    data_bytes("", t.dtype, &shape).unwrap_or(0)
+}
+
 struct PendingTensor {
     name: CString,
     dtype: u32,
     shape: Vec<i64>,
+    /// Empty for a tensor only declared ([`GgufWriter::declare_tensor`]).
     data: Vec<u8>,
 }
 
@@ -531,43 +606,54 @@ impl GgufWriter {
         }
     }
 
-    /// Adds a tensor from its bytes as stored (any ggml type, quantized
-    /// ones included): a tensor copied from another GGUF file. Refuses bytes
-    /// whose length is not what `dtype` and `shape` take.
-    pub fn add_tensor_bytes(
+    /// Declares a tensor of any ggml type (quantized ones included) without
+    /// its data, for [`GgufWriter::layout`]: a file whose tensors the caller
+    /// copies from another. Returns the bytes its data takes.
+    pub fn declare_tensor(
         &mut self,
         name: &str,
         dtype: u32,
         shape: &[u64],
-        data: Vec<u8>,
-    ) -> Result<(), GgufError> {
-        let bad = || GgufError::NoConversion {
-            path: PathBuf::from("(memory)"),
-            name: name.to_owned(),
-            dtype: type_name(dtype),
-        };
-        if dtype >= sys::GGML_TYPE_COUNT || shape.is_empty() || shape.len() > 4 {
-            return Err(bad());
-        }
-        // SAFETY: a valid type id; both only compute (whole blocks checked
-        // first: ggml_row_size asserts them).
-        let block = unsafe { sys::ggml_blck_size(dtype) }.max(1) as u64;
-        if !shape[0].is_multiple_of(block) {
-            return Err(bad());
-        }
-        // SAFETY: as above.
-        let row = unsafe { sys::ggml_row_size(dtype, shape[0] as i64) };
-        let rows: u64 = shape[1..].iter().product();
-        if row as u64 * rows != data.len() as u64 {
-            return Err(bad());
-        }
+    ) -> Result<u64, GgufError> {
+        let bytes = data_bytes(name, dtype, shape)?;
         self.tensors.push(PendingTensor {
             name: Self::key(name)?,
             dtype,
             shape: shape.iter().map(|&d| d as i64).collect(),
-            data,
+            data: Vec::new(),
         });
-        Ok(())
+        Ok(bytes)
+    }
+
+    /// The header (metadata and tensor table) of the file and, for every
+    /// tensor in order, the offset of its data from the file's start: the
+    /// caller writes the header, then each tensor's bytes at its offset
+    /// (zeros between), then zeros up to `len`.
+    pub fn layout(self) -> Result<Layout, GgufError> {
+        let header = self.to_bytes_with(false)?;
+        let ctx = self.ctx.as_ptr();
+        let offsets: Vec<u64> = (0..self.tensors.len())
+            .map(|id| {
+                // SAFETY: valid context; ids index the tensors `to_bytes_with`
+                // declared in it.
+                let offset = unsafe { sys::gguf_get_tensor_offset(ctx, id as i64) };
+                header.len() as u64 + offset as u64
+            })
+            .collect();
+        // SAFETY: valid context.
+        let alignment = unsafe { sys::gguf_get_alignment(ctx) } as u64;
+        let end = self
+            .tensors
+            .iter()
+            .zip(&offsets)
+            .map(|(t, &o)| o + data_bytes_of(t))
+            .max()
+            .unwrap_or(header.len() as u64);
+        Ok(Layout {
+            header,
+            offsets,
+            len: end.div_ceil(alignment) * alignment,
+        })
     }
 
     /// Adds a tensor from f32 values, stored as `dtype` (F32 or F16).
@@ -633,6 +719,12 @@ impl GgufWriter {
     /// file: header and metadata from ggml, then each tensor's data at the
     /// offset ggml assigned it (a merged expert mixture, `crate::mixture`).
     pub fn to_bytes(self) -> Result<Vec<u8>, GgufError> {
+        self.to_bytes_with(true)
+    }
+
+    /// The file's bytes, or with `data` false its header only (metadata and
+    /// tensor table, the tensors declared in the GGUF context).
+    fn to_bytes_with(&self, data: bool) -> Result<Vec<u8>, GgufError> {
         // SAFETY: returns a constant.
         let overhead = unsafe { sys::ggml_tensor_overhead() };
         let params = sys::ggml_init_params {
@@ -653,8 +745,17 @@ impl GgufWriter {
             sys::gguf_get_meta_data(ctx, meta.as_mut_ptr().cast());
             meta
         };
+        // SAFETY: created above, freed once; the GGUF context copied what
+        // it needs of the tensor descriptions.
+        unsafe { sys::ggml_free(ggml.as_ptr()) };
+        if !data {
+            return Ok(bytes);
+        }
         let data_start = bytes.len();
         for (id, t) in self.tensors.iter().enumerate() {
+            if t.data.len() as u64 != data_bytes_of(t) {
+                return Err(in_memory()); // a declared tensor has no data here
+            }
             // SAFETY: `id` indexes a tensor added above.
             let offset = unsafe { sys::gguf_get_tensor_offset(ctx, id as i64) };
             bytes.resize(data_start + offset, 0);
@@ -663,8 +764,6 @@ impl GgufWriter {
         // SAFETY: valid context.
         let alignment = unsafe { sys::gguf_get_alignment(ctx) };
         bytes.resize(bytes.len().div_ceil(alignment) * alignment, 0);
-        // SAFETY: created above, freed once; nothing refers to it any more.
-        unsafe { sys::ggml_free(ggml.as_ptr()) };
         Ok(bytes)
     }
 

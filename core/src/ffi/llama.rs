@@ -79,29 +79,6 @@ fn c_path(path: &Path) -> Result<CString, LlamaError> {
     CString::new(text).map_err(|_| LlamaError::BadPath(text.to_owned()))
 }
 
-/// Runs `read` on a read-only `FILE` stream over `image` (POSIX 2008
-/// `fmemopen`: glibc, Android API 23+, iOS 11+), closed afterwards; `None`
-/// when the stream cannot be opened (an empty image).
-fn memory_stream<T>(image: &[u8], read: impl FnOnce(*mut c_void) -> T) -> Option<T> {
-    extern "C" {
-        fn fmemopen(buf: *mut c_void, size: usize, mode: *const c_char) -> *mut c_void;
-        fn fclose(stream: *mut c_void) -> std::os::raw::c_int;
-    }
-    if image.is_empty() {
-        return None;
-    }
-    // SAFETY: mode "rb" never writes through `buf`, which outlives the stream
-    // (closed below, before `image` can go); NULL means failure.
-    let file = unsafe { fmemopen(image.as_ptr().cast_mut().cast(), image.len(), c"rb".as_ptr()) };
-    if file.is_null() {
-        return None;
-    }
-    let out = read(file);
-    // SAFETY: opened above, closed once; llama.cpp keeps no reference to it.
-    unsafe { fclose(file) };
-    Some(out)
-}
-
 struct ModelHandle(NonNull<sys::llama_model>);
 
 // SAFETY: a loaded llama_model is immutable; llama.cpp documents concurrent use
@@ -208,7 +185,7 @@ impl Model {
     pub fn load_adapter_bytes(&self, image: &[u8]) -> Result<Adapter, LlamaError> {
         // SAFETY: the model is valid and `file` an open stream over the image;
         // llama.cpp reads it (seek, tell, read) and reports a bad image as NULL.
-        let ptr = memory_stream(image, |file| unsafe {
+        let ptr = super::memory_stream(image, |file| unsafe {
             sys::llama_adapter_lora_init_from_file_ptr(self.ptr(), file)
         })
         .ok_or(LlamaError::AdapterLoad)?;
@@ -218,30 +195,6 @@ impl Model {
                 ptr,
                 _model: self.handle.clone(),
             }),
-        })
-    }
-
-    /// Loads a model from a GGUF image in memory (a read-only
-    /// [`memory_stream`]; its weights are copied into llama.cpp's buffers,
-    /// not mapped). The caller built the image from a verified model file
-    /// (`crate::upper`). `repack` as in [`Model::load`]; the image carries
-    /// its own (empty) vocabulary.
-    pub fn load_bytes(image: &[u8], repack: bool) -> Result<Self, LlamaError> {
-        init_backend();
-        // SAFETY: returns a plain struct of defaults.
-        let mut params = unsafe { sys::llama_model_default_params() };
-        params.n_gpu_layers = 0;
-        params.load_mode = sys::LLAMA_LOAD_MODE_NONE;
-        params.use_extra_bufts = repack;
-        // SAFETY: `file` is an open stream over the image for the call;
-        // params is by value; a bad image gives NULL.
-        let ptr = memory_stream(image, |file| unsafe {
-            sys::llama_model_load_from_file_ptr(file, params)
-        })
-        .ok_or(LlamaError::ModelLoad)?;
-        let ptr = NonNull::new(ptr).ok_or(LlamaError::ModelLoad)?;
-        Ok(Self {
-            handle: Arc::new(ModelHandle(ptr)),
         })
     }
 
@@ -396,9 +349,9 @@ pub const MAX_OUTPUTS_PER_CALL: usize = 8;
 
 /// The rows of the graph's `result_norm` tensor (the final hidden states after
 /// the output norm, one per output token), captured by the eval callback;
-/// and, when `layer_name` is set, every row of that layer's output (the
-/// residual stream after it, `l_out-<layer>`), which the upper layers alone
-/// can take as input (`crate::upper`).
+/// or, when `layer_name` is set, every row of that layer's output (the
+/// residual stream after it, `l_out-<layer>`), where the graph then stops:
+/// the upper layers alone take it as input (`crate::upper`).
 struct Capture {
     n_embd: usize,
     rows: Vec<f32>,
@@ -460,7 +413,7 @@ extern "C" fn capture_result_norm(t: *mut sys::ggml_tensor, ask: bool, data: *mu
         // SAFETY: an eval callback's second call: the tensor's data is ready.
         let ok = unsafe { copy_rows(t, n_embd, &mut capture.layer_rows) };
         capture.failed |= !ok;
-        return ok; // go on to the final norm
+        return false; // the layers above are not wanted (`decode_up_to_layer`)
     }
     // SAFETY: as above.
     let ok = unsafe { copy_rows(t, n_embd, &mut capture.rows) };
@@ -694,30 +647,34 @@ impl Context {
         start: usize,
         outputs: &[usize],
     ) -> Result<Vec<Vec<f32>>, LlamaError> {
-        self.decode_input(Input::Tokens(tokens), start, outputs)
+        self.decode_input(Input::Tokens(tokens), start, outputs, true)
     }
 
-    /// [`Context::decode`], also returning every row of layer `layer`'s output
-    /// (`[tokens.len(), n_embd]`, the residual stream after that layer).
-    pub fn decode_keeping_layer(
+    /// Evaluates `tokens` as [`Context::decode`] does for `chunk_like`
+    /// outputs (the same calls, so the same rounding), up to the output of
+    /// layer `layer` only, and returns that output's every row
+    /// (`[tokens.len(), n_embd]`, the residual stream after the layer). The
+    /// graph stops there: the layers above it neither run nor write the KV
+    /// cache, so the cache is left unusable (the caller clears it). No token
+    /// is an output, so llama.cpp copies no logits either (8 MB of its output
+    /// buffer would be written for 8 outputs, whatever the graph computed).
+    pub fn decode_up_to_layer(
         &mut self,
         tokens: &[Token],
-        start: usize,
-        outputs: &[usize],
         layer: usize,
-    ) -> Result<(Vec<Vec<f32>>, Vec<f32>), LlamaError> {
-        self.capture.layer_name = Some(
-            CString::new(format!("l_out-{layer}")).expect("a layer name has no NUL byte"),
-        );
+        chunk_like: &[usize],
+    ) -> Result<Vec<f32>, LlamaError> {
+        self.capture.layer_name =
+            Some(CString::new(format!("l_out-{layer}")).expect("a layer name has no NUL byte"));
         self.capture.layer_rows.clear();
-        let states = self.decode_input(Input::Tokens(tokens), start, outputs);
+        let done = self.decode_input(Input::Tokens(tokens), 0, chunk_like, false);
         self.capture.layer_name = None;
         let rows = std::mem::take(&mut self.capture.layer_rows);
-        let states = states?;
+        done?;
         if rows.len() != tokens.len() * self.n_embd {
             return Err(LlamaError::NoEmbedding(tokens.len()));
         }
-        Ok((states, rows))
+        Ok(rows)
     }
 
     /// [`Context::decode`] on input vectors instead of tokens (`[n, n_embd]`,
@@ -731,14 +688,18 @@ impl Context {
         if !rows.len().is_multiple_of(self.n_embd) {
             return Err(LlamaError::NoEmbedding(rows.len() / self.n_embd));
         }
-        self.decode_input(Input::Embeddings(rows), start, outputs)
+        self.decode_input(Input::Embeddings(rows), start, outputs, true)
     }
 
+    /// The decode loop: calls of at most `n_batch` tokens and
+    /// [`MAX_OUTPUTS_PER_CALL`] of `outputs`, which are flagged as outputs
+    /// only if `flag` (else they only place the calls' boundaries).
     fn decode_input(
         &mut self,
         input: Input,
         start: usize,
         outputs: &[usize],
+        flag: bool,
     ) -> Result<Vec<Vec<f32>>, LlamaError> {
         let n = input.len(self.n_embd);
         let end = start + n;
@@ -767,6 +728,7 @@ impl Context {
             }
             let wanted: Vec<usize> = outputs[first_output..next_output]
                 .iter()
+                .filter(|_| flag)
                 .map(|i| i - offset)
                 .collect();
             let batch = match input {
@@ -800,7 +762,12 @@ impl Context {
 
     /// Fills the embeddings batch (allocating it the first time) with `chunk`
     /// (`[len, n_embd]`) at positions from `start`.
-    fn fill_embd_batch(&mut self, chunk: &[f32], start: usize, wanted: &[usize]) -> sys::llama_batch {
+    fn fill_embd_batch(
+        &mut self,
+        chunk: &[f32],
+        start: usize,
+        wanted: &[usize],
+    ) -> sys::llama_batch {
         let n_batch = self.params.n_batch as i32;
         let n_embd = self.n_embd;
         // SAFETY: allocates a batch of n_batch rows of n_embd floats, one

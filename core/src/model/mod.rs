@@ -20,7 +20,9 @@ pub use heads::{GateOut, HeadsForward, HeadsOut};
 pub use items::{ColdItem, ItemTable};
 pub use render::{fit_prompt, item_ends, FittedPrompt};
 
-use crate::backbone::{Backbone, BackboneError, Expert, Session};
+use crate::backbone::{
+    Backbone, BackboneError, Expert, LowerStates, Session, UpperLayers, UpperSession,
+};
 use crate::bundle::{Bundle, BundleError};
 use crate::kernels::{Hit, KernelError, Scorer};
 use crate::per_view::PerView;
@@ -293,6 +295,64 @@ impl L2Rec {
         scales: &[f32],
         history: &[u32],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let plan = self.teacher_prompt(view, history)?;
+        let mixture = mixture(&self.experts[view], scales);
+        let session = &mut self.sessions[view];
+        session.set_mixture(&mixture)?;
+        let states = session.states_at(&plan.tokens, &plan.positions)?;
+        Ok(plan.spread(&states))
+    }
+
+    /// The first layer the experts adapt, when layers below it exist: a
+    /// mixture's pass can then start there (`crate::upper`).
+    pub fn upper_from(&self) -> Option<usize> {
+        let from = *self.bundle.manifest.lora.layers.iter().min()? as usize;
+        (from > 0).then_some(from)
+    }
+
+    /// The backbone's layers from [`L2Rec::upper_from`] as a model of their
+    /// own (about 8 MB for the ml-100k bundle's two), or `None` where no
+    /// layer can be skipped or the backbone's architecture is not supported.
+    pub fn upper_layers(&self) -> Result<Option<UpperLayers>, ModelError> {
+        match self.upper_from() {
+            Some(from) => Ok(self.backbone.upper_layers(from)?),
+            None => Ok(None),
+        }
+    }
+
+    /// One full pass of `view`'s teacher-forcing prompt for `history` that
+    /// keeps the stream entering layer `from` at every token: any mixture's
+    /// states after each item then cost the upper layers only
+    /// ([`L2Rec::states_after_each_item_upper`]).
+    pub fn lower_states(
+        &mut self,
+        view: View,
+        history: &[u32],
+        from: usize,
+    ) -> Result<ViewLower, ModelError> {
+        // Below `from` the mixture changes nothing: the session's own serves.
+        let plan = self.teacher_prompt(view, history)?;
+        let lower = self.sessions[view].lower_states(&plan.tokens, &plan.positions, from)?;
+        Ok(ViewLower { plan, lower })
+    }
+
+    /// [`L2Rec::states_after_each_item`] for the prompt of `lower`, through
+    /// the upper layers alone: the same states (bit for bit on this
+    /// backbone, `core/tests/backbone.rs`).
+    pub fn states_after_each_item_upper(
+        &self,
+        session: &mut UpperSession,
+        view: View,
+        scales: &[f32],
+        lower: &ViewLower,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        session.set_mixture(&mixture(&self.experts[view], scales))?;
+        let states = session.states_at(&lower.lower, &lower.plan.positions)?;
+        Ok(lower.plan.spread(&states))
+    }
+
+    /// `view`'s fitted prompt for `history` and where each item ends in it.
+    fn teacher_prompt(&self, view: View, history: &[u32]) -> Result<TeacherPrompt, ModelError> {
         let history = self.view_window(history);
         let prompt = self.fit(view, history)?;
         let refs: Vec<ItemRef> = history.iter().map(|&r| self.items.item_ref(r)).collect();
@@ -300,15 +360,11 @@ impl L2Rec {
         let ends = item_ends(&self.backbone, template, view, &refs, &prompt)?;
         let mut positions = ends.clone();
         positions.dedup();
-        let mixture = mixture(&self.experts[view], scales);
-        let session = &mut self.sessions[view];
-        session.set_mixture(&mixture)?;
-        let states = session.states_at(&prompt.tokens, &positions)?;
-        // Items whose ends coincide share the state there.
-        Ok(ends
-            .iter()
-            .map(|e| states[positions.partition_point(|p| p < e)].clone())
-            .collect())
+        Ok(TeacherPrompt {
+            tokens: prompt.tokens,
+            positions,
+            ends,
+        })
     }
 
     /// MODEL.md step 0: the collaborative state after the recent part of
@@ -432,6 +488,34 @@ impl L2Rec {
         pref.timings.score = started.elapsed();
         Ok(hits)
     }
+}
+
+/// A teacher-forcing prompt: its tokens, the distinct positions whose states
+/// are read, and the position each kept item ends at (ascending).
+#[derive(Debug, Clone)]
+struct TeacherPrompt {
+    tokens: Vec<crate::backbone::Token>,
+    positions: Vec<usize>,
+    ends: Vec<usize>,
+}
+
+impl TeacherPrompt {
+    /// One state per item from one per distinct position: items whose ends
+    /// coincide share the state there.
+    fn spread(&self, states: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        self.ends
+            .iter()
+            .map(|e| states[self.positions.partition_point(|p| p < e)].clone())
+            .collect()
+    }
+}
+
+/// A view's teacher-forcing prompt with the stream below the experts' layers
+/// at every token ([`L2Rec::lower_states`]).
+#[derive(Debug, Clone)]
+pub struct ViewLower {
+    plan: TeacherPrompt,
+    lower: LowerStates,
 }
 
 fn mixture<'e>(experts: &'e [Expert], scales: &[f32]) -> Vec<(&'e Expert, f32)> {
