@@ -270,7 +270,11 @@ pub struct PersonalizeReport {
     pub held_out_loss_after: f32,
     /// Whether the new parameters were saved (only when the held-back loss improved).
     pub saved: bool,
+    /// Passes through every layer of the backbone.
     pub backbone_passes: u64,
+    /// Passes through its upper layers alone (where the experts are), fed
+    /// the stream a full pass left below them.
+    pub upper_passes: u64,
     pub phi_step: f32,
     pub gradient_norm: f32,
     pub reason: String,
@@ -285,6 +289,7 @@ impl From<core::PersonalizeReport> for PersonalizeReport {
             held_out_loss_after: r.held_out_loss_after,
             saved: r.saved,
             backbone_passes: r.backbone_passes as u64,
+            upper_passes: r.upper_passes as u64,
             phi_step: r.phi_step,
             gradient_norm: r.gradient_norm,
             reason: r.reason,

@@ -1744,13 +1744,14 @@ class _UniffiFfiConverterBoolean:
 
 @dataclass
 class PersonalizeReport:
-    def __init__(self, *, train_loss_before:float, train_loss_after:float, held_out_loss_before:float, held_out_loss_after:float, saved:bool, backbone_passes:int, phi_step:float, gradient_norm:float, reason:str):
+    def __init__(self, *, train_loss_before:float, train_loss_after:float, held_out_loss_before:float, held_out_loss_after:float, saved:bool, backbone_passes:int, upper_passes:int, phi_step:float, gradient_norm:float, reason:str):
         self.train_loss_before = train_loss_before
         self.train_loss_after = train_loss_after
         self.held_out_loss_before = held_out_loss_before
         self.held_out_loss_after = held_out_loss_after
         self.saved = saved
         self.backbone_passes = backbone_passes
+        self.upper_passes = upper_passes
         self.phi_step = phi_step
         self.gradient_norm = gradient_norm
         self.reason = reason
@@ -1759,7 +1760,7 @@ class PersonalizeReport:
 
     
     def __str__(self):
-        return "PersonalizeReport(train_loss_before={}, train_loss_after={}, held_out_loss_before={}, held_out_loss_after={}, saved={}, backbone_passes={}, phi_step={}, gradient_norm={}, reason={})".format(self.train_loss_before, self.train_loss_after, self.held_out_loss_before, self.held_out_loss_after, self.saved, self.backbone_passes, self.phi_step, self.gradient_norm, self.reason)
+        return "PersonalizeReport(train_loss_before={}, train_loss_after={}, held_out_loss_before={}, held_out_loss_after={}, saved={}, backbone_passes={}, upper_passes={}, phi_step={}, gradient_norm={}, reason={})".format(self.train_loss_before, self.train_loss_after, self.held_out_loss_before, self.held_out_loss_after, self.saved, self.backbone_passes, self.upper_passes, self.phi_step, self.gradient_norm, self.reason)
     def __eq__(self, other):
         if self.train_loss_before != other.train_loss_before:
             return False
@@ -1772,6 +1773,8 @@ class PersonalizeReport:
         if self.saved != other.saved:
             return False
         if self.backbone_passes != other.backbone_passes:
+            return False
+        if self.upper_passes != other.upper_passes:
             return False
         if self.phi_step != other.phi_step:
             return False
@@ -1791,6 +1794,7 @@ class _UniffiFfiConverterTypePersonalizeReport(_UniffiConverterRustBuffer):
             held_out_loss_after=_UniffiFfiConverterFloat32.read(buf),
             saved=_UniffiFfiConverterBoolean.read(buf),
             backbone_passes=_UniffiFfiConverterUInt64.read(buf),
+            upper_passes=_UniffiFfiConverterUInt64.read(buf),
             phi_step=_UniffiFfiConverterFloat32.read(buf),
             gradient_norm=_UniffiFfiConverterFloat32.read(buf),
             reason=_UniffiFfiConverterString.read(buf),
@@ -1806,6 +1810,7 @@ class _UniffiFfiConverterTypePersonalizeReport(_UniffiConverterRustBuffer):
         _UniffiFfiConverterFloat32.check_lower(value.held_out_loss_after)
         _UniffiFfiConverterBoolean.check_lower(value.saved)
         _UniffiFfiConverterUInt64.check_lower(value.backbone_passes)
+        _UniffiFfiConverterUInt64.check_lower(value.upper_passes)
         _UniffiFfiConverterFloat32.check_lower(value.phi_step)
         _UniffiFfiConverterFloat32.check_lower(value.gradient_norm)
         _UniffiFfiConverterString.check_lower(value.reason)
@@ -1818,6 +1823,7 @@ class _UniffiFfiConverterTypePersonalizeReport(_UniffiConverterRustBuffer):
         _UniffiFfiConverterFloat32.write(value.held_out_loss_after, buf)
         _UniffiFfiConverterBoolean.write(value.saved, buf)
         _UniffiFfiConverterUInt64.write(value.backbone_passes, buf)
+        _UniffiFfiConverterUInt64.write(value.upper_passes, buf)
         _UniffiFfiConverterFloat32.write(value.phi_step, buf)
         _UniffiFfiConverterFloat32.write(value.gradient_norm, buf)
         _UniffiFfiConverterString.write(value.reason, buf)

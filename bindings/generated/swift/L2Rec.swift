@@ -1800,7 +1800,15 @@ public struct PersonalizeReport: Equatable, Hashable {
      * Whether the new parameters were saved (only when the held-back loss improved).
      */
     public var saved: Bool
+    /**
+     * Passes through every layer of the backbone.
+     */
     public var backbonePasses: UInt64
+    /**
+     * Passes through its upper layers alone (where the experts are), fed
+     * the stream a full pass left below them.
+     */
+    public var upperPasses: UInt64
     public var phiStep: Float
     public var gradientNorm: Float
     public var reason: String
@@ -1810,13 +1818,21 @@ public struct PersonalizeReport: Equatable, Hashable {
     public init(trainLossBefore: Float, trainLossAfter: Float, heldOutLossBefore: Float, heldOutLossAfter: Float, 
         /**
          * Whether the new parameters were saved (only when the held-back loss improved).
-         */saved: Bool, backbonePasses: UInt64, phiStep: Float, gradientNorm: Float, reason: String) {
+         */saved: Bool, 
+        /**
+         * Passes through every layer of the backbone.
+         */backbonePasses: UInt64, 
+        /**
+         * Passes through its upper layers alone (where the experts are), fed
+         * the stream a full pass left below them.
+         */upperPasses: UInt64, phiStep: Float, gradientNorm: Float, reason: String) {
         self.trainLossBefore = trainLossBefore
         self.trainLossAfter = trainLossAfter
         self.heldOutLossBefore = heldOutLossBefore
         self.heldOutLossAfter = heldOutLossAfter
         self.saved = saved
         self.backbonePasses = backbonePasses
+        self.upperPasses = upperPasses
         self.phiStep = phiStep
         self.gradientNorm = gradientNorm
         self.reason = reason
@@ -1844,6 +1860,7 @@ public struct FfiConverterTypePersonalizeReport: FfiConverterRustBuffer {
                 heldOutLossAfter: FfiConverterFloat.read(from: &buf), 
                 saved: FfiConverterBool.read(from: &buf), 
                 backbonePasses: FfiConverterUInt64.read(from: &buf), 
+                upperPasses: FfiConverterUInt64.read(from: &buf), 
                 phiStep: FfiConverterFloat.read(from: &buf), 
                 gradientNorm: FfiConverterFloat.read(from: &buf), 
                 reason: FfiConverterString.read(from: &buf)
@@ -1857,6 +1874,7 @@ public struct FfiConverterTypePersonalizeReport: FfiConverterRustBuffer {
         FfiConverterFloat.write(value.heldOutLossAfter, into: &buf)
         FfiConverterBool.write(value.saved, into: &buf)
         FfiConverterUInt64.write(value.backbonePasses, into: &buf)
+        FfiConverterUInt64.write(value.upperPasses, into: &buf)
         FfiConverterFloat.write(value.phiStep, into: &buf)
         FfiConverterFloat.write(value.gradientNorm, into: &buf)
         FfiConverterString.write(value.reason, into: &buf)

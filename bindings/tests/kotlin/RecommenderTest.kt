@@ -146,7 +146,7 @@ fun main(args: Array<String>) {
         rec.recommend("dave", 5u)
         val progress = Recorder()
         val report = rec.personalize("dave", progress = progress)
-        expect(report.backbonePasses == 8uL && report.gradientNorm > 0f) { "$report" }
+        expect(report.backbonePasses == 2uL && report.upperPasses == 8uL && report.gradientNorm > 0f) { "$report" }
         expect(report.trainLossAfter <= report.trainLossBefore) { "$report" }
         val (done, total) = progress.calls.last()
         expect(done == total) { "${progress.calls}" }

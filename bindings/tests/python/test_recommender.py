@@ -169,8 +169,11 @@ def test_personalize_export_forget(ffi, rec):
         assert loss > 0
     assert report.gradient_norm > 0
     assert report.train_loss_after <= report.train_loss_before
-    # Per view: the current mixture, each of 2 experts alone, the new mixture.
-    assert report.backbone_passes == 2 * (1 + 2 + 1)
+    # Per view: the current mixture, each of 2 experts alone, the new mixture,
+    # through the upper layers after one full pass per view for the stream
+    # below them (the experts adapt layer 17 only).
+    assert report.upper_passes == 2 * (1 + 2 + 1)
+    assert report.backbone_passes == 2
 
     exported = rec.export_user("dave")
     assert exported.user == "dave"
@@ -206,7 +209,7 @@ def test_personalize_progress_counts_every_pass(ffi, rec):
     progress = Progress(ffi)
     report = run(rec.personalize("dora", progress=progress.listener))
     progress.check_complete()
-    assert report.backbone_passes == progress.calls[-1][1]
+    assert report.backbone_passes + report.upper_passes == progress.calls[-1][1]
 
 
 def test_personalize_needs_events(ffi, rec):

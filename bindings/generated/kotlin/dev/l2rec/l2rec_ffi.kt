@@ -2950,7 +2950,16 @@ data class PersonalizeReport (
      */
     var `saved`: kotlin.Boolean
     , 
+    /**
+     * Passes through every layer of the backbone.
+     */
     var `backbonePasses`: kotlin.ULong
+    , 
+    /**
+     * Passes through its upper layers alone (where the experts are), fed
+     * the stream a full pass left below them.
+     */
+    var `upperPasses`: kotlin.ULong
     , 
     var `phiStep`: kotlin.Float
     , 
@@ -2979,6 +2988,7 @@ public object FfiConverterTypePersonalizeReport: FfiConverterRustBuffer<Personal
             FfiConverterFloat.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
             FfiConverterFloat.read(buf),
             FfiConverterFloat.read(buf),
             FfiConverterString.read(buf),
@@ -2992,6 +3002,7 @@ public object FfiConverterTypePersonalizeReport: FfiConverterRustBuffer<Personal
             FfiConverterFloat.allocationSize(value.`heldOutLossAfter`) +
             FfiConverterBoolean.allocationSize(value.`saved`) +
             FfiConverterULong.allocationSize(value.`backbonePasses`) +
+            FfiConverterULong.allocationSize(value.`upperPasses`) +
             FfiConverterFloat.allocationSize(value.`phiStep`) +
             FfiConverterFloat.allocationSize(value.`gradientNorm`) +
             FfiConverterString.allocationSize(value.`reason`)
@@ -3004,6 +3015,7 @@ public object FfiConverterTypePersonalizeReport: FfiConverterRustBuffer<Personal
             FfiConverterFloat.write(value.`heldOutLossAfter`, buf)
             FfiConverterBoolean.write(value.`saved`, buf)
             FfiConverterULong.write(value.`backbonePasses`, buf)
+            FfiConverterULong.write(value.`upperPasses`, buf)
             FfiConverterFloat.write(value.`phiStep`, buf)
             FfiConverterFloat.write(value.`gradientNorm`, buf)
             FfiConverterString.write(value.`reason`, buf)
