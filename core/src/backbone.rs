@@ -258,9 +258,9 @@ impl Backbone {
         let repack = config.repack_weights.unwrap_or_else(default_repack);
         // Our tokenizer reads the vocabulary once; llama.cpp loads the model
         // without it (27 MB of tables it would keep for Gemma).
-        let gguf = GgufFile::open(&info.path)?;
+        let mut gguf = GgufFile::open(&info.path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        let upper = UpperSource::read(&gguf, &info)?.map(Arc::new);
+        let upper = UpperSource::read(&mut gguf, &info)?.map(Arc::new);
         drop(gguf);
         let vocabulary = Vocabulary::Skipped {
             arch: &info.arch,

@@ -57,7 +57,8 @@ pub struct UpperSource {
 impl UpperSource {
     /// `None` for an architecture [`supported`] does not know or a
     /// sliding-window pattern stated in a form this module does not read.
-    pub fn read(gguf: &GgufFile, info: &ModelInfo) -> Result<Option<Self>, BackboneError> {
+    /// Takes the vocabulary's keys out of `gguf` (read the tokenizer first).
+    pub fn read(gguf: &mut GgufFile, info: &ModelInfo) -> Result<Option<Self>, BackboneError> {
         if !supported(info, 1) {
             return Ok(None); // no layer `1..` model: no split at all
         }
@@ -70,9 +71,10 @@ impl UpperSource {
         };
         let file = File::open(&info.path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
+        let tensors = gguf.tensors();
         Ok(Some(Self {
             meta: gguf.metadata_image(|k| k.starts_with("tokenizer."))?,
-            tensors: gguf.tensors(),
+            tensors,
             sliding,
             file,
             file_len,

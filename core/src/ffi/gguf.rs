@@ -177,11 +177,12 @@ impl GgufFile {
 
     /// A header-only GGUF image of this file's metadata without the keys
     /// `drop` names (no tensors): what a derived file starts from, kept
-    /// small (Gemma's vocabulary alone is 10 MB of metadata).
-    pub fn metadata_image(&self, drop: impl Fn(&str) -> bool) -> Result<Vec<u8>, GgufError> {
+    /// small (Gemma's vocabulary alone is 10 MB of metadata). Those keys are
+    /// removed from `self` first, so they are never copied; read them before.
+    pub fn metadata_image(&mut self, drop: impl Fn(&str) -> bool) -> Result<Vec<u8>, GgufError> {
+        remove_keys(self.ctx, drop);
         let mut w = GgufWriter::new();
         self.copy_metadata_into(&mut w);
-        w.remove_keys(drop);
         w.to_bytes()
     }
 
@@ -474,6 +475,21 @@ fn to_f32(bytes: &[u8], info: &TensorInfo) -> Option<Vec<f32>> {
     Some(out)
 }
 
+/// Removes every key of `ctx` for which `drop` is true.
+fn remove_keys(ctx: NonNull<sys::gguf_context>, drop: impl Fn(&str) -> bool) {
+    let ctx = ctx.as_ptr();
+    // SAFETY: valid context; each id is below the count read just before,
+    // and the key's C string is copied before any key is removed.
+    let doomed: Vec<CString> = (0..unsafe { sys::gguf_get_n_kv(ctx) })
+        .map(|id| unsafe { CStr::from_ptr(sys::gguf_get_key(ctx, id)) }.to_owned())
+        .filter(|k| drop(&k.to_string_lossy()))
+        .collect();
+    for key in doomed {
+        // SAFETY: valid context and C string.
+        unsafe { sys::gguf_remove_key(ctx, key.as_ptr()) };
+    }
+}
+
 /// Where a file's parts go ([`GgufWriter::layout`]).
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -588,22 +604,6 @@ impl GgufWriter {
             )
         };
         Ok(())
-    }
-
-    /// Removes every key for which `drop` is true (keys copied from another
-    /// file that the new one must not carry).
-    pub fn remove_keys(&mut self, drop: impl Fn(&str) -> bool) {
-        let ctx = self.ctx.as_ptr();
-        // SAFETY: valid context; each id is below the count read just before,
-        // and the key's C string is copied before the key is removed.
-        let doomed: Vec<CString> = (0..unsafe { sys::gguf_get_n_kv(ctx) })
-            .map(|id| unsafe { CStr::from_ptr(sys::gguf_get_key(ctx, id)) }.to_owned())
-            .filter(|k| drop(&k.to_string_lossy()))
-            .collect();
-        for key in doomed {
-            // SAFETY: valid context and C string.
-            unsafe { sys::gguf_remove_key(ctx, key.as_ptr()) };
-        }
     }
 
     /// Declares a tensor of any ggml type (quantized ones included) without
