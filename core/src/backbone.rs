@@ -260,7 +260,13 @@ impl Backbone {
         // without it (27 MB of tables it would keep for Gemma).
         let mut gguf = GgufFile::open(&info.path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        let upper = UpperSource::read(&mut gguf, &info)?.map(Arc::new);
+        // Only a speed-up: a backbone it cannot read still serves.
+        let upper = UpperSource::read(&mut gguf, &info)
+            .unwrap_or_else(|e| {
+                tracing::warn!("personalization will run full passes: {e}");
+                None
+            })
+            .map(Arc::new);
         drop(gguf);
         let vocabulary = Vocabulary::Skipped {
             arch: &info.arch,
@@ -612,6 +618,28 @@ fn common_prefix(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// The scratch files' names start so ([`Backbone::upper_layers`]).
+const SCRATCH_PREFIX: &str = ".l2rec-upper-";
+
+/// Removes scratch files a process that died while loading left in `dir`
+/// (a file lives there for milliseconds, but a killed process runs no
+/// `Drop`). Only for a directory no other live backbone writes to: the
+/// engine calls it on its store directory, which it holds locked.
+pub fn remove_stale_scratch(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SCRATCH_PREFIX)
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A file this process wrote and checked, removed when dropped.
 struct ScratchFile(PathBuf);
 
@@ -627,7 +655,7 @@ impl ScratchFile {
     ) -> Result<Self, BackboneError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!(
-            ".l2rec-upper-{}-{}.gguf",
+            "{SCRATCH_PREFIX}{}-{}.gguf",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );

@@ -37,7 +37,9 @@ pub fn shifted_name(name: &str, from: usize) -> Option<String> {
 /// Whether this backbone's layers `from..` can run as a model of their own:
 /// an architecture whose metadata this module knows, and layers to skip.
 pub fn supported(info: &ModelInfo, from: usize) -> bool {
-    info.arch == "gemma3" && from > 0 && from < info.n_layer
+    // Gemma 3 27B (62 layers): llama.cpp picks its attention scale by the
+    // layer count, which the cut model would not have.
+    info.arch == "gemma3" && info.n_layer != 62 && from > 0 && from < info.n_layer
 }
 
 /// What the upper layers' model is made from, read when the backbone opens:
@@ -73,7 +75,10 @@ impl UpperSource {
         let file_len = file.metadata().map_err(io)?.len();
         let tensors = gguf.tensors();
         Ok(Some(Self {
-            meta: gguf.metadata_image(|k| k.starts_with("tokenizer."))?,
+            // The new file's data is laid out at ggml's default alignment,
+            // which a copied `general.alignment` would contradict.
+            meta: gguf
+                .metadata_image(|k| k.starts_with("tokenizer.") || k == "general.alignment")?,
             tensors,
             sliding,
             file,
@@ -82,17 +87,20 @@ impl UpperSource {
     }
 
     /// Where the model of layers `wanted..` starts: `wanted`, or lower until
-    /// it holds a sliding-window layer when the backbone has any. llama.cpp
+    /// it holds both kinds of layer the backbone has (sliding-window and
+    /// global), the only layout tested against full passes. llama.cpp
     /// builds Gemma 3's sliding-window graph for a model that declares a
-    /// window and aborts if none of its layers uses it; rather than rely on
-    /// its plain graph giving a global layer's states (not tested here),
-    /// layer 17 alone runs as layers 16-17.
+    /// window and aborts if none of its layers uses it; so layer 17 of Gemma
+    /// 3 270M alone (global) runs as layers 16-17, and the top two layers of
+    /// a 26-layer Gemma 3 (both sliding) would run from the global layer 23.
     pub fn start(&self, wanted: usize) -> usize {
-        if !self.sliding.contains(&true) {
-            return wanted;
-        }
-        let mut from = wanted;
-        while from > 0 && !self.sliding[from..].contains(&true) {
+        let kinds = |from: usize| {
+            let upper = &self.sliding[from.min(self.sliding.len())..];
+            (upper.contains(&true), upper.contains(&false))
+        };
+        let backbone = kinds(0);
+        let mut from = wanted.min(self.sliding.len());
+        while from > 0 && kinds(from) != backbone {
             from -= 1;
         }
         from

@@ -389,7 +389,10 @@ fn the_upper_layers_alone_give_the_full_pass_under_any_mixture() {
     let bb = backbone();
     let dir = tempfile::tempdir().unwrap();
     let e = experts(&bb, dir.path(), 2, 0.05);
-    let tokens = bb.tokenize(&history_prompt(12)).unwrap();
+    // Over 256 tokens: the full session grows its cache, the upper one is
+    // sized to n_ctx from the start.
+    let tokens = bb.tokenize(&history_prompt(30)).unwrap();
+    assert!(tokens.len() > 256, "{} tokens", tokens.len());
     let positions = [3, tokens.len() / 2, tokens.len() - 1];
     let upper = bb.upper_layers(15).unwrap().expect("Gemma 3 is supported");
     let mut up = upper.session().unwrap();

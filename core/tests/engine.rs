@@ -570,3 +570,38 @@ fn one_damaged_user_fails_alone_named_and_forget_repairs() {
     assert!(e.stats().unwrap().damaged_users.is_empty());
     assert_eq!(served(&damaged).len(), 5, "a forgotten user starts afresh");
 }
+
+#[test]
+fn personalize_leaves_no_scratch_file_and_open_sweeps_a_dead_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_small_bundle_with(&dir.path().join("bundle"), 2);
+    let store = dir.path().join("store");
+    let config = || {
+        let mut c = EngineConfig::new(model_info().path, bundle.clone(), store.clone());
+        c.threads = Some(1);
+        c
+    };
+    let scratch = |store: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(store)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".l2rec-upper-"))
+            .collect()
+    };
+    {
+        let e = Engine::open(config(), &mut Progress::none()).unwrap();
+        for t in 0..6 {
+            e.observe("u", &event(&(t + 1).to_string(), t)).unwrap();
+        }
+        let report = e
+            .personalize("u", PersonalizeOptions::default(), &mut Progress::none())
+            .unwrap();
+        assert!(report.upper_passes > 0, "{report:?}");
+        assert!(scratch(&store).is_empty(), "{:?}", scratch(&store));
+    }
+    // A process killed while loading the upper layers leaves its file.
+    std::fs::write(store.join(".l2rec-upper-999999-0.gguf"), b"GGUF").unwrap();
+    let _e = Engine::open(config(), &mut Progress::none()).unwrap();
+    assert!(scratch(&store).is_empty(), "{:?}", scratch(&store));
+}

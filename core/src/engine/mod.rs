@@ -194,6 +194,7 @@ impl Engine {
             durability: config.durability,
             max_events_per_user: config.max_events_per_user,
         })?;
+        crate::backbone::remove_stale_scratch(&config.store_path);
         let model = L2Rec::new(backbone, bundle, progress)?;
         let engine = Self {
             phi_mean: model.phi_mean().to_vec(),

@@ -337,7 +337,8 @@ impl L2Rec {
     }
 
     /// [`L2Rec::states_after_each_item`] for the prompt of `lower`, through
-    /// the upper layers alone: the same states (bit for bit on this
+    /// the upper layers alone: the same states (bit for bit for f32 experts
+    /// with a power-of-two `alpha/r`; to rounding otherwise; on this
     /// backbone, `core/tests/backbone.rs`).
     pub fn states_after_each_item_upper(
         &self,

@@ -5,7 +5,8 @@
 //!    alone give `h(g)` around `g0` (`gradient::Linearization`). When the
 //!    experts leave lower layers unadapted, one full pass per view keeps the
 //!    stream entering the first adapted layer and every pass after it runs
-//!    the upper layers alone (`crate::upper`): the same states, bit for bit,
+//!    the upper layers alone (`crate::upper`): the same states (bit for bit
+//!    for f32 experts with a power-of-two `alpha / r`),
 //!    for a fraction of the work (2 of Gemma 3 270M's 18 layers);
 //! 2. **split** the next-item targets into train and held-back ones;
 //! 3. **descend** on the linearized train loss (`gradient.rs`);
@@ -196,18 +197,7 @@ fn protocol(
     // Per view: the current mixture and each expert alone, then the mixture
     // descent found, for the held-back loss after; through the upper layers
     // where the bundle's experts allow it (held for this run only: 8 MB).
-    let upper = match model.upper_layers()? {
-        Some(layers) => {
-            let session = layers.session()?;
-            session.watch_cancel(progress.cancel_token());
-            Some(UpperRun {
-                session,
-                from: layers.from_layer(),
-                lower: PerView::from_fn(|_| None),
-            })
-        }
-        None => None,
-    };
+    let upper = upper_run(model, progress);
     let total = passes_needed(experts, upper.is_some());
     let mut passes = Passes {
         history,
@@ -268,6 +258,29 @@ fn protocol(
     Ok(Outcome {
         report,
         phi: saved.then_some(phi),
+    })
+}
+
+/// The upper layers for one run, or `None` (full passes) where the bundle
+/// leaves no layer to skip or they cannot be built: they only save time, so
+/// a failure (a full disk, an unwritable store directory) is logged, and the
+/// run goes on with full passes.
+fn upper_run(model: &L2Rec, progress: &Progress) -> Option<UpperRun> {
+    let built = model.upper_layers().and_then(|layers| {
+        let Some(layers) = layers else {
+            return Ok(None);
+        };
+        let session = layers.session()?;
+        session.watch_cancel(progress.cancel_token());
+        Ok(Some(UpperRun {
+            session,
+            from: layers.from_layer(),
+            lower: PerView::from_fn(|_| None),
+        }))
+    });
+    built.unwrap_or_else(|e| {
+        tracing::warn!("personalization runs full passes: the upper layers failed: {e}");
+        None
     })
 }
 
