@@ -22,6 +22,7 @@ import json
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from . import data, metrics, paths
 from . import distributed as dist_util
+from .averaging import ParamAverage
 from .config import Config
 from .device import AMPS, autocast, resolve_or_exit
 from .statecache import pad
@@ -86,10 +88,12 @@ def collab_step(model, optimizer, windows: list[np.ndarray], amp: str) -> tuple[
 
 def fit_collaborative(model, split: data.Split, users, cfg: Config, log=print) -> list[dict]:
     """Trains the collaborative parameters with u = c until validation NDCG@10 has not
-    improved for `train.collab_patience` epochs; keeps the best epoch's weights."""
+    improved for `train.collab_patience` epochs; keeps the best epoch's weights (their
+    moving average with `train.collab_ema`)."""
     t = cfg.train
     params = collab_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=t.lr_collab, weight_decay=t.weight_decay)
+    average = ParamAverage(params, t.collab_ema) if t.collab_ema > 0 else None
     windows = windows_of(split, users, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_epoch, best_state, rows = -1.0, -1, None, []
@@ -101,7 +105,13 @@ def fit_collaborative(model, split: data.Split, users, cfg: Config, log=print) -
             batch = [windows[i] for i in order[s : s + t.collab_batch_size]]
             ce, n = collab_step(model, optimizer, batch, t.amp)
             ce_sum, n_sum = ce_sum + float(ce) * n, n_sum + n
-        valid = metrics.from_ranks(collab_ranks(model, split, users, "valid", cfg.max_items))
+            if average is not None:
+                average.update()
+        with average.swapped_in() if average is not None else nullcontext():
+            valid = metrics.from_ranks(collab_ranks(model, split, users, "valid", cfg.max_items))
+            if valid["NDCG@10"] > best:
+                best, best_epoch = valid["NDCG@10"], epoch
+                best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
         rows.append(
             {
                 "collab_epoch": epoch,
@@ -110,9 +120,6 @@ def fit_collaborative(model, split: data.Split, users, cfg: Config, log=print) -
                 **{f"valid_{k}": v for k, v in valid.items()},
             }
         )
-        if valid["NDCG@10"] > best:
-            best, best_epoch = valid["NDCG@10"], epoch
-            best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
         if epoch % 10 == 0 or epoch - best_epoch >= t.collab_patience:
             log(
                 json.dumps(

@@ -15,7 +15,7 @@ from .device import check_names as check_device_names
 from .prompts import DEFAULT_TEMPLATES, VIEWS
 
 FUSIONS = ("adaptive",) + VIEWS + ("collab",)
-ENCODERS = ("none", "gru")
+ENCODERS = ("none", "gru", "attention")
 RENDERS = ("id", "codes")
 
 
@@ -67,6 +67,9 @@ class TrainConfig:
     # the LLM stages (whose targets are those items when N = view_items - 1) learn on c's
     # out-of-sample errors rather than on errors stage 1 has already fitted away.
     collab_holdout: int = 0
+    # >0: select and keep a moving average of stage 1's weights (decay per step), not the
+    # raw weights of one epoch (collab.ParamAverage).
+    collab_ema: float = 0.0
     collab_patience: int = 40  # epochs without a better validation NDCG@10 before stopping
     collab_max_epochs: int = 2000  # a guard only: runs stop by patience long before
     freeze_collab: bool = False  # v2: the LLM stages leave stage 1's parameters as selected
@@ -140,6 +143,8 @@ class Config:
                 f"train.bias_init must be popularity or zero, got {self.train.bias_init!r}"
             )
         check_device_names(self.train.device, self.train.amp)
+        if not 0.0 <= self.train.collab_ema < 1.0:
+            raise ValueError(f"train.collab_ema must be in [0, 1), got {self.train.collab_ema}")
         if self.train.collab_holdout < 0:
             raise ValueError(f"train.collab_holdout must be >= 0, got {self.train.collab_holdout}")
         if self.encoder not in ENCODERS:

@@ -67,6 +67,11 @@ def head_tensors(model: L2Rec, phi_mean: torch.Tensor) -> dict[str, torch.Tensor
             out[f"gate.{v}.bias"] = model.gates[v].bias
         if v in model.gate_reads:  # v2: A_v
             out[f"gate.{v}.read"] = model.gate_reads[v].weight
+    if model.cfg.encoder == "attention":
+        raise ValueError(
+            "encoder `attention` is a trainer experiment the runtime does not serve yet "
+            "(docs/MODEL.md step 0 specifies the GRU); export a `gru` model"
+        )
     if model.encoder is not None:  # v2 step 0: PyTorch's GRU tensors, gates r, z, n
         gru = model.encoder.gru
         out["encoder.gru.weight_ih"] = gru.weight_ih_l0

@@ -95,6 +95,33 @@ class CollabEncoder(nn.Module):
         return self.gru(self.drop(e))[0]
 
 
+class AttentionEncoder(nn.Module):
+    """MODEL.md step 0 with `encoder: attention`: SASRec's causal self-attention (Kang and
+    McAuley) over the item vectors e_i, oldest first, in place of the GRU: a learned
+    position per item from the oldest, pre-norm blocks of one head with a GELU
+    feed-forward of 4 d_r, and a final layer norm. Its state after item t is c_t [d_r]."""
+
+    BLOCKS = 2
+
+    def __init__(self, d_r: int, dropout: float, max_items: int):
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(max_items, d_r))
+        layer = nn.TransformerEncoderLayer(
+            d_r, 1, 4 * d_r, dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.blocks = nn.TransformerEncoder(layer, self.BLOCKS, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_r)
+        self.drop = nn.Dropout(dropout)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """States after every item [B, n, d_r] of right-padded item vectors [B, n, d_r]
+        (causal: right padding never reaches a real position's state)."""
+        n = e.shape[1]
+        causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=e.device), 1)
+        return self.norm(self.blocks(self.drop(e + self.pos[:n]), mask=causal))
+
+
 class L2Rec(nn.Module):
     def __init__(self, cfg: Config, backbone: Backbone, n_users: int, text_states: torch.Tensor):
         super().__init__()
@@ -125,7 +152,11 @@ class L2Rec(nn.Module):
         )
         self.phi = nn.Embedding(n_users, d_phi)
         # v2: the collaborative encoder, and the gates' read of its state (A_v).
-        self.encoder = CollabEncoder(d_r, cfg.encoder_dropout) if cfg.encoder == "gru" else None
+        self.encoder = {
+            "gru": lambda: CollabEncoder(d_r, cfg.encoder_dropout),
+            "attention": lambda: AttentionEncoder(d_r, cfg.encoder_dropout, cfg.max_items),
+            "none": lambda: None,
+        }[cfg.encoder]()
         self.gate_reads = nn.ModuleDict(
             {
                 v: nn.Linear(d_r, cfg.views[v].experts, bias=False)

@@ -33,6 +33,7 @@ import math
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import data, metrics, paths
+from .averaging import ParamAverage
 
 
 class SASRec(nn.Module):
@@ -200,6 +202,7 @@ def train_one(model_name: str, split: data.Split, n_items: int, seed: int, args)
         with torch.no_grad():
             model.item.weight[1 : n_items + 1] = args.text_vectors
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    average = ParamAverage(list(model.parameters()), args.ema) if args.ema > 0 else None
     x, y = training_pairs(split, args.max_len, args.windows)
     gen = torch.Generator().manual_seed(seed)
     best, best_epoch, best_state, curve, t0 = -1.0, -1, None, [], time.time()
@@ -218,11 +221,14 @@ def train_one(model_name: str, split: data.Split, n_items: int, seed: int, args)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        valid = metrics.from_ranks(evaluate(model, split, "valid", args.max_len))["NDCG@10"]
+            if average is not None:
+                average.update()
+        with average.swapped_in() if average is not None else nullcontext():
+            valid = metrics.from_ranks(evaluate(model, split, "valid", args.max_len))["NDCG@10"]
+            if valid > best:
+                best, best_epoch = valid, epoch
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
         curve.append(round(valid, 5))
-        if valid > best:
-            best, best_epoch = valid, epoch
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
         if epoch - best_epoch >= args.patience:
             break
         if args.progress and epoch % 10 == 0:
@@ -265,6 +271,13 @@ def main(argv=None) -> None:
     p.add_argument("--windows", choices=["last", "all"], default="last")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--patience", type=int, default=60)
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="select and keep a moving average of the weights (decay per step; 0: off)",
+    )
     p.add_argument("--max-epochs", type=int, default=3000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="dataset.json or its directory (ml-100k)")

@@ -68,11 +68,11 @@ def test_every_code_renders_one_token_per_level(tokenizer):
     assert len(firsts | seconds | thirds) == 78
 
 
-def _v2_model(n_items=6, d_r=8):
+def _v2_model(n_items=6, d_r=8, encoder="gru"):
     bb = Backbone(layers=range(0), embeddings=False)
     cfg = Config(
         name="v2",
-        encoder="gru",
+        encoder=encoder,
         phi_init="zero",
         views={"behavioral": {"experts": 3, "k": 2}, "semantic": {"experts": 2, "k": 1}},
         lora={"rank": 2, "alpha": 4.0, "layers": [17], "modules": ["attn_q"]},
@@ -91,11 +91,15 @@ def v2_model():
     return _v2_model().eval()
 
 
-def test_collab_state_after_an_item_ignores_later_items(v2_model):
+@pytest.mark.parametrize("encoder", ["gru", "attention"])
+def test_collab_state_after_an_item_ignores_later_items(encoder):
+    if not paths.backbone_path().exists():
+        pytest.skip("backbone missing: run scripts/fetch-assets")
+    model = _v2_model(encoder=encoder).eval()
     a = torch.tensor([[0, 1, 2, 3, 4]])
     b = torch.tensor([[0, 1, 2, 5, 5]])
     with torch.no_grad():
-        ca, cb = v2_model.collab_states(a), v2_model.collab_states(b)
+        ca, cb = model.collab_states(a), model.collab_states(b)
     assert torch.equal(ca[:, :3], cb[:, :3])
     assert not torch.allclose(ca[:, 3], cb[:, 3])
 
@@ -164,6 +168,24 @@ def test_stage_one_holdout_leaves_the_newest_items_out_of_its_targets():
     assert targets(held) == list(range(101, 121))
     with pytest.raises(ValueError, match="collab_holdout"):
         Config(train={"collab_holdout": -1})
+
+
+def test_stage_one_average_follows_the_steps_and_is_swapped_in_only_inside_its_block():
+    from l2rec_train.averaging import ParamAverage
+
+    w = torch.nn.Parameter(torch.tensor([0.0, 10.0]))
+    average = ParamAverage([w], decay=0.5)
+    for value in (4.0, 8.0):
+        with torch.no_grad():
+            w.fill_(value)
+        average.update()
+    # 0.5 * (0.5 * [0, 10] + 0.5 * 4) + 0.5 * 8
+    assert torch.allclose(average.average[0], torch.tensor([5.0, 7.5]))
+    with average.swapped_in():
+        assert torch.allclose(w, torch.tensor([5.0, 7.5]))
+    assert torch.equal(w.detach(), torch.tensor([8.0, 8.0]))
+    with pytest.raises(ValueError, match="collab_ema"):
+        Config(train={"collab_ema": 1.0})
 
 
 def test_config_versions():
