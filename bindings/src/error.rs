@@ -66,7 +66,9 @@ impl From<EngineError> for L2recError {
                 ModelError::Backbone(
                     BackboneError::PromptTooLong { .. } | BackboneError::EmptyPrompt,
                 ) => Self::InvalidArgument(message),
-                ModelError::Backbone(BackboneError::Eval(_)) => Self::Internal(message),
+                ModelError::Backbone(
+                    BackboneError::Eval(_) | BackboneError::LayerMismatch { .. },
+                ) => Self::Internal(message),
                 ModelError::Backbone(_) => Self::Backbone(message),
                 ModelError::Bundle(_) => Self::Bundle(message),
                 ModelError::Kernel(_)

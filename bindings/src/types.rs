@@ -270,7 +270,8 @@ pub struct PersonalizeReport {
     pub held_out_loss_after: f32,
     /// Whether the new parameters were saved (only when the held-back loss improved).
     pub saved: bool,
-    /// Passes through every layer of the backbone.
+    /// Passes from the backbone's first layer: through every layer, or up
+    /// to the first adapted one to feed the upper passes.
     pub backbone_passes: u64,
     /// Passes through its upper layers alone (where the experts are), fed
     /// the stream a full pass left below them.

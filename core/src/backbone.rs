@@ -49,6 +49,8 @@ pub enum BackboneError {
     Cancelled,
     #[error("backbone evaluation failed: {0}")]
     Eval(LlamaError),
+    #[error("lower states that feed layer {states} given to the upper layers from layer {layers}; make both with the same first layer")]
+    LayerMismatch { states: usize, layers: usize },
 }
 
 fn eval_error(e: LlamaError) -> BackboneError {
@@ -175,6 +177,20 @@ impl BackboneConfig {
     fn scratch_dir(&self) -> PathBuf {
         self.scratch_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
+
+    fn repack(&self) -> bool {
+        self.repack_weights.unwrap_or_else(default_repack)
+    }
+
+    /// A context of `n_ctx` cells with this config's batch, threads and cache.
+    fn context_params(&self, n_ctx: u32) -> ContextParams {
+        ContextParams {
+            n_ctx,
+            n_batch: self.n_batch,
+            threads: self.threads.unwrap_or_else(default_threads),
+            kv_cache: self.kv_cache.unwrap_or_else(default_kv_cache),
+        }
+    }
 }
 
 impl Default for BackboneConfig {
@@ -255,7 +271,7 @@ impl Backbone {
 
     /// Loads a model whose [`ModelInfo`] was just read (and so verified).
     pub fn open_verified(info: ModelInfo, config: BackboneConfig) -> Result<Self, BackboneError> {
-        let repack = config.repack_weights.unwrap_or_else(default_repack);
+        let repack = config.repack();
         // Our tokenizer reads the vocabulary once; llama.cpp loads the model
         // without it (27 MB of tables it would keep for Gemma).
         let mut gguf = GgufFile::open(&info.path)?;
@@ -320,12 +336,9 @@ impl Backbone {
     /// A new evaluation session (a llama.cpp context with its own KV cache),
     /// holding [`INITIAL_CELLS`] tokens until a longer prompt grows it.
     pub fn session(&self) -> Result<Session, BackboneError> {
-        let params = ContextParams {
-            n_ctx: INITIAL_CELLS.min(self.config.n_ctx),
-            n_batch: self.config.n_batch,
-            threads: self.config.threads.unwrap_or_else(default_threads),
-            kv_cache: self.config.kv_cache.unwrap_or_else(default_kv_cache),
-        };
+        let params = self
+            .config
+            .context_params(INITIAL_CELLS.min(self.config.n_ctx));
         let ctx = Context::new(&self.model, params).map_err(|e| self.llama_error(e))?;
         Ok(Session {
             ctx,
@@ -396,7 +409,7 @@ pub struct Session {
     model_path: PathBuf,
     cached: Vec<Token>,
     last_state: Option<Vec<f32>>,
-    mixture: Vec<(u64, f32)>,
+    mixture: MixtureKey,
     evaluated: usize,
 }
 
@@ -407,9 +420,7 @@ impl Session {
     /// [`BackboneConfig::merge_mixtures`] is off. A different mixture
     /// invalidates the cache.
     pub fn set_mixture(&mut self, mixture: &[(&Expert, f32)]) -> Result<(), BackboneError> {
-        let active: Vec<(&Expert, f32)> =
-            mixture.iter().copied().filter(|(_, s)| *s != 0.0).collect();
-        let key: Vec<(u64, f32)> = active.iter().map(|(e, s)| (e.id, *s)).collect();
+        let (active, key) = active_experts(mixture);
         if key == self.mixture {
             return Ok(());
         }
@@ -433,16 +444,8 @@ impl Session {
         self.merge_mixtures = on;
     }
 
-    /// The active experts as one adapter of their summed rank.
     fn merged_adapter(&self, active: &[(&Expert, f32)]) -> Result<Adapter, BackboneError> {
-        let parts: Vec<(&Path, f32)> = active.iter().map(|(e, s)| (e.path(), *s)).collect();
-        let image = crate::mixture::merged_image(&parts, &self.info, 0)?;
-        self.model
-            .load_adapter_bytes(&image)
-            .map_err(|source| BackboneError::Llama {
-                path: self.model_path.clone(),
-                source,
-            })
+        merged_adapter(&self.model, &self.info, active, 0)
     }
 
     /// Drops the cached prompt.
@@ -614,6 +617,37 @@ impl Session {
     }
 }
 
+/// Experts with their scales, as a mixture is given.
+type Scaled<'e> = Vec<(&'e Expert, f32)>;
+/// Expert ids with their scales: the key of a loaded mixture.
+type MixtureKey = Vec<(u64, f32)>;
+
+/// The experts of `mixture` at a scale other than 0, and the key that names
+/// that mixture (expert ids and scales).
+fn active_experts<'e>(mixture: &[(&'e Expert, f32)]) -> (Scaled<'e>, MixtureKey) {
+    let active: Vec<(&Expert, f32)> = mixture.iter().copied().filter(|(_, s)| *s != 0.0).collect();
+    let key = active.iter().map(|(e, s)| (e.id, *s)).collect();
+    (active, key)
+}
+
+/// `active` as one adapter of their summed rank, loaded into `model`, whose
+/// layer 0 is the backbone's layer `from` (`crate::mixture`).
+fn merged_adapter(
+    model: &Model,
+    info: &ModelInfo,
+    active: &[(&Expert, f32)],
+    from: usize,
+) -> Result<Adapter, BackboneError> {
+    let parts: Vec<(&Path, f32)> = active.iter().map(|(e, s)| (e.path(), *s)).collect();
+    let image = crate::mixture::merged_image(&parts, info, from)?;
+    model
+        .load_adapter_bytes(&image)
+        .map_err(|source| BackboneError::Llama {
+            path: info.path.clone(),
+            source,
+        })
+}
+
 fn common_prefix(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -774,13 +808,12 @@ impl Backbone {
         let file = ScratchFile::write(&self.config.scratch_dir(), |out| {
             source.write(&self.info, from, out)
         })?;
-        let repack = self.config.repack_weights.unwrap_or_else(default_repack);
-        let model = Model::load(file.path(), repack, Vocabulary::Llama).map_err(|source| {
-            BackboneError::Llama {
+        let model = Model::load(file.path(), self.config.repack(), Vocabulary::Llama).map_err(
+            |source| BackboneError::Llama {
                 path: file.path().to_owned(),
                 source,
-            }
-        })?;
+            },
+        )?;
         drop(file); // unlinked: the mapping keeps its pages
         Ok(Some(UpperLayers {
             model,
@@ -799,12 +832,7 @@ impl UpperLayers {
     /// A session over these layers, holding the backbone's `n_ctx` tokens
     /// (their KV cache is two layers' worth: about 1 MB at 1024 in q8_0).
     pub fn session(&self) -> Result<UpperSession, BackboneError> {
-        let params = ContextParams {
-            n_ctx: self.config.n_ctx,
-            n_batch: self.config.n_batch,
-            threads: self.config.threads.unwrap_or_else(default_threads),
-            kv_cache: self.config.kv_cache.unwrap_or_else(default_kv_cache),
-        };
+        let params = self.config.context_params(self.config.n_ctx);
         let ctx = Context::new(&self.model, params).map_err(|source| BackboneError::Llama {
             path: self.info.path.clone(),
             source,
@@ -825,37 +853,21 @@ pub struct UpperSession {
     model: Model,
     info: Arc<ModelInfo>,
     from: usize,
-    mixture: Option<Vec<(u64, f32)>>,
+    mixture: Option<MixtureKey>,
 }
 
 impl UpperSession {
     /// Sets the expert mixture: its active experts, merged and renamed for
     /// these layers (`crate::mixture`), as one adapter.
     pub fn set_mixture(&mut self, mixture: &[(&Expert, f32)]) -> Result<(), BackboneError> {
-        let active: Vec<(&Path, f32)> = mixture
-            .iter()
-            .filter(|(_, s)| *s != 0.0)
-            .map(|(e, s)| (e.path(), *s))
-            .collect();
-        let key: Vec<(u64, f32)> = mixture
-            .iter()
-            .filter(|(_, s)| *s != 0.0)
-            .map(|(e, s)| (e.id, *s))
-            .collect();
+        let (active, key) = active_experts(mixture);
         if self.mixture.as_ref() == Some(&key) {
             return Ok(());
         }
         let adapters = if active.is_empty() {
             Vec::new()
         } else {
-            let image = crate::mixture::merged_image(&active, &self.info, self.from)?;
-            let adapter =
-                self.model
-                    .load_adapter_bytes(&image)
-                    .map_err(|source| BackboneError::Llama {
-                        path: self.info.path.clone(),
-                        source,
-                    })?;
+            let adapter = merged_adapter(&self.model, &self.info, &active, self.from)?;
             vec![(adapter, 1.0)]
         };
         self.ctx.set_adapters(&adapters).map_err(eval_error)?;
@@ -880,7 +892,10 @@ impl UpperSession {
             return Err(BackboneError::EmptyPrompt);
         }
         if lower.from != self.from {
-            return Err(BackboneError::Eval(LlamaError::NoEmbedding(lower.tokens())));
+            return Err(BackboneError::LayerMismatch {
+                states: lower.from,
+                layers: self.from,
+            });
         }
         self.ctx.clear();
         self.ctx.reset_cancel();

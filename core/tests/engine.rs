@@ -13,13 +13,23 @@ struct Fixture {
 
 fn open(key: Option<[u8; 32]>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = write_small_bundle_with(&dir.path().join("bundle"), 2);
-    let mut config = EngineConfig::new(model_info().path, bundle, dir.path().join("store"));
+    let mut config = config_in(dir.path())();
     config.master_key = key;
-    config.threads = Some(1);
     config.durability = Durability::Immediate;
     let engine = Engine::open(config, &mut Progress::none()).unwrap();
     Fixture { _dir: dir, engine }
+}
+
+/// Configs for one engine: the small bundle, written once under `dir`, its
+/// store at `dir/store`, one llama.cpp thread.
+fn config_in(dir: &std::path::Path) -> impl Fn() -> EngineConfig {
+    let bundle = write_small_bundle_with(&dir.join("bundle"), 2);
+    let store = dir.join("store");
+    move || {
+        let mut c = EngineConfig::new(model_info().path, bundle.clone(), store.clone());
+        c.threads = Some(1);
+        c
+    }
 }
 
 fn event(item: &str, t: i64) -> EventInput {
@@ -525,13 +535,8 @@ fn raw_store_db(store: &std::path::Path) -> sled::Db {
 #[test]
 fn one_damaged_user_fails_alone_named_and_forget_repairs() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = write_small_bundle_with(&dir.path().join("bundle"), 2);
+    let config = config_in(dir.path());
     let store = dir.path().join("store");
-    let config = || {
-        let mut c = EngineConfig::new(model_info().path, bundle.clone(), store.clone());
-        c.threads = Some(1);
-        c
-    };
     {
         let e = Engine::open(config(), &mut Progress::none()).unwrap();
         for t in 0..6 {
@@ -574,13 +579,8 @@ fn one_damaged_user_fails_alone_named_and_forget_repairs() {
 #[test]
 fn personalize_leaves_no_scratch_file_and_open_sweeps_a_dead_one() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = write_small_bundle_with(&dir.path().join("bundle"), 2);
+    let config = config_in(dir.path());
     let store = dir.path().join("store");
-    let config = || {
-        let mut c = EngineConfig::new(model_info().path, bundle.clone(), store.clone());
-        c.threads = Some(1);
-        c
-    };
     let scratch = |store: &std::path::Path| -> Vec<String> {
         std::fs::read_dir(store)
             .unwrap()

@@ -1801,7 +1801,8 @@ public struct PersonalizeReport: Equatable, Hashable {
      */
     public var saved: Bool
     /**
-     * Passes through every layer of the backbone.
+     * Passes from the backbone's first layer: through every layer, or up
+     * to the first adapted one to feed the upper passes.
      */
     public var backbonePasses: UInt64
     /**
@@ -1820,7 +1821,8 @@ public struct PersonalizeReport: Equatable, Hashable {
          * Whether the new parameters were saved (only when the held-back loss improved).
          */saved: Bool, 
         /**
-         * Passes through every layer of the backbone.
+         * Passes from the backbone's first layer: through every layer, or up
+         * to the first adapted one to feed the upper passes.
          */backbonePasses: UInt64, 
         /**
          * Passes through its upper layers alone (where the experts are), fed

@@ -522,15 +522,12 @@ fn data_bytes(name: &str, dtype: u32, shape: &[u64]) -> Result<u64, GgufError> {
     Ok(row * shape[1..].iter().product::<u64>())
 }
 
-fn data_bytes_of(t: &PendingTensor) -> u64 {
-    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-    data_bytes("", t.dtype, &shape).unwrap_or(0)
-}
-
 struct PendingTensor {
     name: CString,
     dtype: u32,
     shape: Vec<i64>,
+    /// What its data takes in the file.
+    bytes: u64,
     /// Empty for a tensor only declared ([`GgufWriter::declare_tensor`]).
     data: Vec<u8>,
 }
@@ -620,6 +617,7 @@ impl GgufWriter {
             name: Self::key(name)?,
             dtype,
             shape: shape.iter().map(|&d| d as i64).collect(),
+            bytes,
             data: Vec::new(),
         });
         Ok(bytes)
@@ -646,7 +644,7 @@ impl GgufWriter {
             .tensors
             .iter()
             .zip(&offsets)
-            .map(|(t, &o)| o + data_bytes_of(t))
+            .map(|(t, &o)| o + t.bytes)
             .max()
             .unwrap_or(header.len() as u64);
         Ok(Layout {
@@ -684,6 +682,7 @@ impl GgufWriter {
             name: Self::key(name)?,
             dtype,
             shape: shape.iter().map(|&d| d as i64).collect(),
+            bytes: data.len() as u64,
             data,
         });
         Ok(())
@@ -753,7 +752,7 @@ impl GgufWriter {
         }
         let data_start = bytes.len();
         for (id, t) in self.tensors.iter().enumerate() {
-            if t.data.len() as u64 != data_bytes_of(t) {
+            if t.data.len() as u64 != t.bytes {
                 return Err(in_memory()); // a declared tensor has no data here
             }
             // SAFETY: `id` indexes a tensor added above.

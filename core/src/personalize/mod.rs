@@ -94,7 +94,8 @@ pub struct PersonalizeReport {
     pub held_out_loss_before: f32,
     pub held_out_loss_after: f32,
     pub saved: bool,
-    /// Passes through every layer of the backbone.
+    /// Passes from the backbone's first layer: through every layer, or up
+    /// to the first adapted one to feed the upper passes.
     pub backbone_passes: usize,
     /// Passes through the upper layers alone (fed a full pass's lower states).
     #[serde(default)]
@@ -314,7 +315,7 @@ struct Passes<'p, 'a> {
     total: usize,
     progress: &'p mut Progress<'a>,
     upper: Option<UpperRun>,
-    /// Passes through every layer, and through the upper layers alone.
+    /// Passes from the first layer (full or lower), and of the upper layers.
     full: usize,
     upper_done: usize,
 }
@@ -362,9 +363,7 @@ impl Passes<'_, '_> {
         }
         Ok(states)
     }
-}
 
-impl Passes<'_, '_> {
     /// `view`'s states under `scales` through the upper layers, after the
     /// view's full pass for its lower states if this is its first.
     fn upper_states(
@@ -374,12 +373,14 @@ impl Passes<'_, '_> {
         view: View,
         scales: &[f32],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        if run.lower[view].is_none() {
-            self.tick()?;
-            self.full += 1;
-            run.lower[view] = Some(model.lower_states(view, self.history, run.from)?);
-        }
-        let lower = run.lower[view].as_ref().expect("made above");
+        let lower = match &mut run.lower[view] {
+            Some(lower) => lower,
+            slot @ None => {
+                self.tick()?;
+                self.full += 1;
+                slot.insert(model.lower_states(view, self.history, run.from)?)
+            }
+        };
         self.upper_done += 1;
         model.states_after_each_item_upper(&mut run.session, view, scales, lower)
     }

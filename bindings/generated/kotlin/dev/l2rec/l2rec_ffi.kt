@@ -2951,7 +2951,8 @@ data class PersonalizeReport (
     var `saved`: kotlin.Boolean
     , 
     /**
-     * Passes through every layer of the backbone.
+     * Passes from the backbone's first layer: through every layer, or up
+     * to the first adapted one to feed the upper passes.
      */
     var `backbonePasses`: kotlin.ULong
     , 
