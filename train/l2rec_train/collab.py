@@ -11,7 +11,9 @@ alone is the "model without its backbone" ablation:
     python -m l2rec_train.collab --config configs/v2-collab.json --seeds 0 1 2
 
 writes `<out>/collab-seed<S>.json` (metrics, curve, per-user test ranks) and
-`<out>/collab.json` (mean and standard error over seeds).
+`<out>/collab.json` (mean and standard error over seeds). `--cold-users 0.1` holds a
+tenth of the users out of training entirely (issue #12's cold start) and reports what
+they get from their own history against one fixed state for everyone.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from .device import AMPS, autocast, resolve_or_exit
 from .statecache import pad
 
 COLLAB_PARAMS = ("encoder.", "item_id.", "text_proj.", "item_bias")
+BATCH_USERS = 256  # users scored at once (a [256, n_items] score matrix)
+# The cold users (`--cold-users`) are drawn with this seed whatever the training seed, so
+# every seed holds out the same users and their results pair.
+COLD_USERS_SEED = 20261204
 
 
 def collab_parameters(model) -> list[torch.nn.Parameter]:
@@ -55,18 +61,34 @@ def windows_of(split: data.Split, users, cfg: Config) -> list[np.ndarray]:
 @torch.no_grad()
 def collab_ranks(model, split: data.Split, users, phase: str, max_items: int) -> torch.Tensor:
     """Per-user ranks of the `phase` target scored with u = c (earlier items excluded)."""
+    return ranks_of(model, split, users, phase, last_states(model, split, users, phase, max_items))
+
+
+@torch.no_grad()
+def last_states(model, split: data.Split, users, phase: str, max_items: int) -> torch.Tensor:
+    """c after each user's history before the `phase` target [len(users), d_r]."""
     model.eval()
-    users = list(users)
-    targets = torch.from_numpy(split.valid if phase == "valid" else split.test)
-    out = []
-    for s in range(0, len(users), 256):
-        j = users[s : s + 256]
-        seen = [split.seen_items(u, phase) for u in j]
-        hist = [data.truncate(h, max_items) for h in seen]
+    users, out = list(users), []
+    for s in range(0, len(users), BATCH_USERS):
+        hist = [
+            data.truncate(split.seen_items(u, phase), max_items) for u in users[s : s + BATCH_USERS]
+        ]
         c = model.collab_states(pad(hist).to(model.device))
         last = torch.tensor([len(h) - 1 for h in hist], device=model.device)
-        c_last = c[torch.arange(len(j), device=model.device), last]
-        out.append(metrics.ranks(model.scores(c_last), targets[j], seen))
+        out.append(c[torch.arange(len(hist), device=model.device), last])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def ranks_of(model, split: data.Split, users, phase: str, u: torch.Tensor) -> torch.Tensor:
+    """Per-user ranks of the `phase` target scored with preference vectors u [len(users), d_r]
+    (each user's earlier items excluded)."""
+    users, out = list(users), []
+    targets = torch.from_numpy(split.valid if phase == "valid" else split.test)
+    for s in range(0, len(users), BATCH_USERS):
+        j = users[s : s + BATCH_USERS]
+        seen = [split.seen_items(v, phase) for v in j]
+        out.append(metrics.ranks(model.scores(u[s : s + BATCH_USERS]), targets[j], seen))
     return torch.cat(out)
 
 
@@ -164,17 +186,52 @@ def stage_one(cfg: Config, out: Path, log=print) -> tuple[dict, list[str] | None
     return params, codes
 
 
-def run_seed(cfg: Config, seed: int) -> dict:
+def cold_users(users, fraction: float) -> tuple[list[int], list[int]]:
+    """(warm, cold): `fraction` of the user rows, drawn with COLD_USERS_SEED, held out of
+    training, of the item bias's popularity and of model selection; the rest."""
+    users = list(users)
+    n = round(len(users) * fraction)
+    cold = set(np.random.default_rng(COLD_USERS_SEED).choice(users, n, replace=False).tolist())
+    return [u for u in users if u not in cold], sorted(cold)
+
+
+def cold_report(model, split: data.Split, warm, cold, ranks: torch.Tensor, max_items: int) -> dict:
+    """What the cold users get: their test metrics served from their own history (u = c),
+    and the same with one fixed state for everyone (the warm users' mean c), the
+    collaborative stage's counterpart of a fixed gate; with the paired difference."""
+    held = set(cold)
+    warm_rows = [u for u in range(len(ranks)) if u not in held]
+    fixed = last_states(model, split, warm, "test", max_items).mean(0, keepdim=True)
+    fixed_ranks = ranks_of(model, split, cold, "test", fixed.expand(len(cold), -1))
+    own, same = metrics.ndcg10_per_user(ranks[cold]), metrics.ndcg10_per_user(fixed_ranks)
+    return {
+        "cold_users": cold,
+        "test_cold": metrics.from_ranks(ranks[cold]),
+        "test_warm": metrics.from_ranks(ranks[warm_rows]),
+        "test_cold_fixed_state": metrics.from_ranks(fixed_ranks),
+        "cold_own_vs_fixed_ndcg10": {
+            "difference": float((own - same).mean()),
+            "se": metrics.standard_error(own - same),
+        },
+    }
+
+
+def run_seed(cfg: Config, seed: int, cold_fraction: float = 0.0) -> dict:
     from .context import build_context
 
     cfg = replace(cfg, seed=seed, fusion="collab")
     ctx = build_context(cfg)
+    warm, cold = cold_users(ctx.users, cold_fraction)
+    if cold and cfg.train.bias_init == "popularity":  # the cold users' items count nowhere
+        seen = np.concatenate([ctx.split.train[u] for u in warm])
+        ctx.model.init_item_bias(np.bincount(seen, minlength=ctx.model.item_bias.numel()))
     t0 = time.time()
     rows = fit_collaborative(
-        ctx.model, ctx.split, ctx.users, cfg, log=lambda s: print(s, file=sys.stderr)
+        ctx.model, ctx.split, warm, cfg, log=lambda s: print(s, file=sys.stderr)
     )
     ranks = collab_ranks(ctx.model, ctx.split, ctx.users, "test", cfg.max_items)
     best = next(r for r in rows if r.get("best"))
+    extra = cold_report(ctx.model, ctx.split, warm, cold, ranks, cfg.max_items) if cold else {}
     return {
         "seed": seed,
         "valid": {k[6:]: v for k, v in best.items() if k.startswith("valid_")},
@@ -185,6 +242,7 @@ def run_seed(cfg: Config, seed: int) -> dict:
         "valid_ndcg10_by_epoch": [round(r["valid_NDCG@10"], 5) for r in rows],
         "train_seconds": round(time.time() - t0, 1),
         "test_ranks": ranks.tolist(),
+        **extra,
     }
 
 
@@ -196,17 +254,27 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=paths.cache_dir() / "runs" / "collab")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--cold-users",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="hold this fraction of the users out of training and selection (the same users "
+        "for every seed) and report their test metrics apart (test_cold)",
+    )
     p.add_argument("--data", default=None, help="dataset.json or its directory (config's data)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (train.device)")
     p.add_argument("--amp", choices=AMPS, default=None, help="override train.amp (bf16)")
     args = p.parse_args(argv)
+    if not 0.0 <= args.cold_users < 1.0:
+        p.error(f"--cold-users must be in [0, 1), got {args.cold_users}")
     torch.set_num_threads(args.threads)
     cfg = Config.for_run(args.config, args.data, args.device, args.amp)
     resolve_or_exit(cfg.train.device)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in args.seeds:
-        run = run_seed(cfg, seed)
+        run = run_seed(cfg, seed, args.cold_users)
         run["command"] = shlex.join([sys.executable, "-m", "l2rec_train.collab", *sys.argv[1:]])
         (args.out / f"collab-seed{seed}.json").write_text(json.dumps(run) + "\n")
         runs.append(run)
@@ -217,6 +285,9 @@ def main(argv=None) -> None:
         "seeds": args.seeds,
         **metrics.summarize_seeds(runs, fields),
     }
+    for key in ("test_cold", "test_warm", "test_cold_fixed_state"):
+        if key in runs[0]:
+            summary[key] = metrics.summarize_seeds([{"test": r[key]} for r in runs], ())["test"]
     (args.out / "collab.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["test"]))
 

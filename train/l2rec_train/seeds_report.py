@@ -13,6 +13,8 @@ seeds and over users (per-user NDCG@10, averaged over seeds); per --versus
 A:B the mean paired difference of per-user NDCG@10 with its standard error over
 users, and the ratio of the means. The chart has the NDCG@10 bars with
 standard-error whiskers and every run's validation curve by epoch beside it.
+`--cold` scores every model on the users that `collab --cold-users` runs held out of
+training (their `cold_users`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import from_ranks
 from .metrics import ndcg10_per_user as ndcg10
 from .metrics import standard_error as se
 
@@ -36,6 +39,23 @@ def load(spec: str) -> tuple[str, list[dict]]:
     if not files:
         raise SystemExit(f"{label}: no file matches {pattern}")
     return label, [json.loads(Path(f).read_text()) for f in files]
+
+
+def cold_users_of(raw: dict[str, list[dict]]) -> list[int]:
+    """The user rows the runs made with `collab --cold-users` held out (all must agree)."""
+    sets = {tuple(r["cold_users"]) for runs in raw.values() for r in runs if "cold_users" in r}
+    if len(sets) != 1:
+        raise SystemExit(f"--cold needs runs with one set of cold users, found {len(sets)}")
+    return list(sets.pop())
+
+
+def restricted(runs: list[dict], users: list[int]) -> list[dict]:
+    """The runs scored on `users` only (their test metrics recomputed from the ranks)."""
+    out = []
+    for r in runs:
+        ranks = [r["test_ranks"][u] for u in users]
+        out.append({**r, "test_ranks": ranks, "test": from_ranks(np.asarray(ranks))})
+    return out
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -120,10 +140,18 @@ def main(argv=None) -> None:
     )
     p.add_argument("--model", action="append", required=True, help="LABEL=GLOB")
     p.add_argument("--versus", action="append", default=[], help="A:B, two labels")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="score every model on the users its `collab --cold-users` runs held out",
+    )
     p.add_argument("--png", default=None)
     p.add_argument("--json", default=None, help="also write the summary here")
     args = p.parse_args(argv)
     raw = dict(load(spec) for spec in args.model)
+    if args.cold:
+        users = cold_users_of(raw)
+        raw = {label: restricted(runs, users) for label, runs in raw.items()}
     models = {label: summarize(runs) for label, runs in raw.items()}
     pairs = [tuple(v.split(":", 1)) for v in args.versus]
     print(markdown(models, pairs))

@@ -231,3 +231,28 @@ def test_warmup_that_beats_no_floor_keeps_the_starting_weights(catalog_split):
     assert len(rows) == 2
     after = ctx.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cold_users_are_the_same_for_every_seed_and_never_trained_on():
+    from l2rec_train.collab import cold_users, windows_of
+
+    warm, cold = cold_users(range(943), 0.1)
+    assert len(cold) == 94 and len(warm) == 849 and not set(warm) & set(cold)
+    assert (warm, cold) == cold_users(range(943), 0.1)  # no dependence on the training seed
+    assert cold_users(range(943), 0.0) == (list(range(943)), [])
+    split = type("S", (), {"train": [np.arange(10 * u, 10 * u + 5) for u in range(943)]})()
+    trained = {int(i) for w in windows_of(split, warm, Config(encoder="gru")) for i in w}
+    assert not trained & {int(i) for u in cold for i in split.train[u]}
+
+
+def test_seeds_report_scores_every_model_on_the_cold_users_alone():
+    from l2rec_train.seeds_report import cold_users_of, restricted
+
+    run = {"test_ranks": [0, 50, 0, 50], "test": {}, "cold_users": [1, 3]}
+    raw = {"a": [run], "b": [{"test_ranks": [50, 0, 50, 0], "test": {}}]}
+    users = cold_users_of(raw)
+    assert users == [1, 3]
+    assert restricted(raw["a"], users)[0]["test"]["HR@10"] == 0.0
+    assert restricted(raw["b"], users)[0]["test"]["HR@10"] == 1.0
+    with pytest.raises(SystemExit, match="one set of cold users"):
+        cold_users_of({"a": [run], "b": [{**run, "cold_users": [0]}]})
