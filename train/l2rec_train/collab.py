@@ -13,7 +13,11 @@ alone is the "model without its backbone" ablation:
 writes `<out>/collab-seed<S>.json` (metrics, curve, per-user test ranks) and
 `<out>/collab.json` (mean and standard error over seeds). `--cold-users 0.1` holds a
 tenth of the users out of training entirely (issue #12's cold start) and reports what
-they get from their own history against one fixed state for everyone.
+they get from their own history against one fixed state for everyone. `--cold-items
+0.1` holds a tenth of the catalog out instead: stage 1 trains as if those items did not
+exist (out of every sequence, every softmax and every validation ranking), then serves
+them as the runtime serves items the bundle never saw (`E[i] = 0`, bias 0: their text
+alone) and reports the users whose test item is one of them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import shlex
 import sys
 import time
@@ -44,6 +49,7 @@ BATCH_USERS = 256  # users scored at once (a [256, n_items] score matrix)
 # The cold users (`--cold-users`) are drawn with this seed whatever the training seed, so
 # every seed holds out the same users and their results pair.
 COLD_USERS_SEED = 20261204
+COLD_ITEMS_SEED = 20261205  # the same for `--cold-items`
 
 
 def collab_parameters(model) -> list[torch.nn.Parameter]:
@@ -59,9 +65,13 @@ def windows_of(split: data.Split, users, cfg: Config) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def collab_ranks(model, split: data.Split, users, phase: str, max_items: int) -> torch.Tensor:
-    """Per-user ranks of the `phase` target scored with u = c (earlier items excluded)."""
-    return ranks_of(model, split, users, phase, last_states(model, split, users, phase, max_items))
+def collab_ranks(
+    model, split: data.Split, users, phase: str, max_items: int, hidden=()
+) -> torch.Tensor:
+    """Per-user ranks of the `phase` target scored with u = c (earlier items excluded, and
+    the `hidden` catalog rows)."""
+    u = last_states(model, split, users, phase, max_items)
+    return ranks_of(model, split, users, phase, u, hidden)
 
 
 @torch.no_grad()
@@ -80,43 +90,58 @@ def last_states(model, split: data.Split, users, phase: str, max_items: int) -> 
 
 
 @torch.no_grad()
-def ranks_of(model, split: data.Split, users, phase: str, u: torch.Tensor) -> torch.Tensor:
+def ranks_of(
+    model, split: data.Split, users, phase: str, u: torch.Tensor, hidden=()
+) -> torch.Tensor:
     """Per-user ranks of the `phase` target scored with preference vectors u [len(users), d_r]
-    (each user's earlier items excluded)."""
+    (each user's earlier items excluded, and the `hidden` catalog rows)."""
     users, out = list(users), []
     targets = torch.from_numpy(split.valid if phase == "valid" else split.test)
+    hidden = np.asarray(hidden, dtype=np.int64)
     for s in range(0, len(users), BATCH_USERS):
         j = users[s : s + BATCH_USERS]
-        seen = [split.seen_items(v, phase) for v in j]
+        seen = [np.concatenate([split.seen_items(v, phase), hidden]) for v in j]
         out.append(metrics.ranks(model.scores(u[s : s + BATCH_USERS]), targets[j], seen))
     return torch.cat(out)
 
 
-def collab_step(model, optimizer, windows: list[np.ndarray], amp: str) -> tuple[torch.Tensor, int]:
+def collab_step(
+    model, optimizer, windows: list[np.ndarray], amp: str, hidden: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
     """One optimizer step of stage 1 on a batch of windows (catalog rows, oldest first):
-    full-softmax CE of u = c after every item but the last against the next item. Returns
-    (ce, targets); ce stays on the model's device."""
+    full-softmax CE of u = c after every item but the last against the next item, the
+    `hidden` catalog rows left out of the softmax. Returns (ce, targets); ce stays on the
+    model's device."""
     items = pad(windows).to(model.device)
     targets = pad([w[1:] for w in windows], value=-1).to(model.device)
     mask = targets >= 0
     with autocast(model.device, amp):
         c = model.collab_states(items)[:, :-1]
-        ce = F.cross_entropy(model.scores(c[mask]), targets[mask])
+        logits = model.scores(c[mask])
+        if hidden is not None:
+            logits = logits.index_fill(1, hidden.to(logits.device), -math.inf)
+        ce = F.cross_entropy(logits, targets[mask])
     optimizer.zero_grad(set_to_none=True)
     ce.backward()
     optimizer.step()
     return ce.detach(), sum(len(w) - 1 for w in windows)
 
 
-def fit_collaborative(model, split: data.Split, users, cfg: Config, log=print) -> list[dict]:
-    """Trains the collaborative parameters with u = c until validation NDCG@10 has not
-    improved for `train.collab_patience` epochs; keeps the best epoch's weights (their
-    moving average with `train.collab_ema`)."""
+def fit_collaborative(
+    model, split: data.Split, users, cfg: Config, log=print, hidden=(), select_users=None
+) -> list[dict]:
+    """Trains the collaborative parameters with u = c on `users` until validation NDCG@10
+    (over `select_users`, default `users`) has not improved for `train.collab_patience`
+    epochs; keeps the best epoch's weights (their moving average with `train.collab_ema`).
+    The `hidden` catalog rows take no part: the split must not hold them, and they are out
+    of every softmax and ranking."""
+    select_users = users if select_users is None else select_users
     t = cfg.train
     params = collab_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=t.lr_collab, weight_decay=t.weight_decay)
     average = ParamAverage(params, t.collab_ema) if t.collab_ema > 0 else None
     windows = windows_of(split, users, cfg)
+    hidden_rows = torch.as_tensor(np.asarray(hidden, dtype=np.int64)) if len(hidden) else None
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_epoch, best_state, rows = -1.0, -1, None, []
     for epoch in range(t.collab_max_epochs):
@@ -125,12 +150,13 @@ def fit_collaborative(model, split: data.Split, users, cfg: Config, log=print) -
         order = torch.randperm(len(windows), generator=generator).tolist()
         for s in range(0, len(order), t.collab_batch_size):
             batch = [windows[i] for i in order[s : s + t.collab_batch_size]]
-            ce, n = collab_step(model, optimizer, batch, t.amp)
+            ce, n = collab_step(model, optimizer, batch, t.amp, hidden_rows)
             ce_sum, n_sum = ce_sum + float(ce) * n, n_sum + n
             if average is not None:
                 average.update()
         with average.swapped_in() if average is not None else nullcontext():
-            valid = metrics.from_ranks(collab_ranks(model, split, users, "valid", cfg.max_items))
+            ranks = collab_ranks(model, split, select_users, "valid", cfg.max_items, hidden)
+            valid = metrics.from_ranks(ranks)
             if valid["NDCG@10"] > best:
                 best, best_epoch = valid["NDCG@10"], epoch
                 best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
@@ -216,22 +242,71 @@ def cold_report(model, split: data.Split, warm, cold, ranks: torch.Tensor, max_i
     }
 
 
-def run_seed(cfg: Config, seed: int, cold_fraction: float = 0.0) -> dict:
+def cold_items(n_items: int, fraction: float) -> list[int]:
+    """`fraction` of the catalog rows, drawn with COLD_ITEMS_SEED (the same for every seed)."""
+    n = round(n_items * fraction)
+    return sorted(np.random.default_rng(COLD_ITEMS_SEED).choice(n_items, n, replace=False).tolist())
+
+
+def without_items(split: data.Split, items) -> data.Split:
+    """The split as if `items` did not exist: out of every training sequence. Users whose
+    validation target is one of them must be left out of selection (`users_without`)."""
+    drop = np.asarray(items, dtype=np.int64)
+    train = [t[~np.isin(t, drop)] for t in split.train]
+    return data.Split(split.user_ids, train, split.valid, split.test)
+
+
+def users_without(split: data.Split, users, items, phase: str) -> list[int]:
+    """The users whose `phase` target is not one of `items`."""
+    targets, drop = split.valid if phase == "valid" else split.test, set(items)
+    return [u for u in users if int(targets[u]) not in drop]
+
+
+@torch.no_grad()
+def forget_items(model, items) -> None:
+    """Items the bundle never saw, as the runtime serves them: E[i] = 0, bias 0."""
+    rows = torch.as_tensor(items, dtype=torch.long, device=model.device)
+    model.item_id.weight[rows] = 0.0
+    model.item_bias[rows] = 0.0
+
+
+def cold_items_report(split: data.Split, items, ranks: torch.Tensor) -> dict:
+    """Test metrics of the users whose test item is one of the cold `items`, and the rest."""
+    users = range(len(ranks))
+    cold = sorted(set(users) - set(users_without(split, users, items, "test")))
+    warm = users_without(split, users, items, "test")
+    return {
+        "cold_items": list(items),
+        "cold_item_users": cold,
+        "test_cold_items": metrics.from_ranks(ranks[cold]),
+        "test_warm_items": metrics.from_ranks(ranks[warm]),
+    }
+
+
+def run_seed(
+    cfg: Config, seed: int, cold_fraction: float = 0.0, cold_item_fraction: float = 0.0
+) -> dict:
     from .context import build_context
 
     cfg = replace(cfg, seed=seed, fusion="collab")
     ctx = build_context(cfg)
     warm, cold = cold_users(ctx.users, cold_fraction)
-    if cold and cfg.train.bias_init == "popularity":  # the cold users' items count nowhere
-        seen = np.concatenate([ctx.split.train[u] for u in warm])
+    new_items = cold_items(ctx.model.item_bias.numel(), cold_item_fraction)
+    known = without_items(ctx.split, new_items)  # the split stage 1 trains and selects on
+    selected = users_without(ctx.split, warm, new_items, "valid")
+    if (cold or new_items) and cfg.train.bias_init == "popularity":  # they count nowhere
+        seen = np.concatenate([known.train[u] for u in warm])
         ctx.model.init_item_bias(np.bincount(seen, minlength=ctx.model.item_bias.numel()))
     t0 = time.time()
-    rows = fit_collaborative(
-        ctx.model, ctx.split, warm, cfg, log=lambda s: print(s, file=sys.stderr)
-    )
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    rows = fit_collaborative(ctx.model, known, warm, cfg, log, new_items, selected)
+    if new_items:
+        forget_items(ctx.model, new_items)
     ranks = collab_ranks(ctx.model, ctx.split, ctx.users, "test", cfg.max_items)
     best = next(r for r in rows if r.get("best"))
     extra = cold_report(ctx.model, ctx.split, warm, cold, ranks, cfg.max_items) if cold else {}
+    if new_items:
+        extra |= cold_items_report(ctx.split, new_items, ranks)
     return {
         "seed": seed,
         "valid": {k[6:]: v for k, v in best.items() if k.startswith("valid_")},
@@ -265,16 +340,25 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=None, help="dataset.json or its directory (config's data)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (train.device)")
     p.add_argument("--amp", choices=AMPS, default=None, help="override train.amp (bf16)")
+    p.add_argument(
+        "--cold-items",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="train as if this fraction of the catalog (the same items for every seed) did "
+        "not exist, serve them by their text alone, report their users apart (test_cold_items)",
+    )
     args = p.parse_args(argv)
-    if not 0.0 <= args.cold_users < 1.0:
-        p.error(f"--cold-users must be in [0, 1), got {args.cold_users}")
+    for flag, value in (("--cold-users", args.cold_users), ("--cold-items", args.cold_items)):
+        if not 0.0 <= value < 1.0:
+            p.error(f"{flag} must be in [0, 1), got {value}")
     torch.set_num_threads(args.threads)
     cfg = Config.for_run(args.config, args.data, args.device, args.amp)
     resolve_or_exit(cfg.train.device)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in args.seeds:
-        run = run_seed(cfg, seed, args.cold_users)
+        run = run_seed(cfg, seed, args.cold_users, args.cold_items)
         run["command"] = shlex.join([sys.executable, "-m", "l2rec_train.collab", *sys.argv[1:]])
         (args.out / f"collab-seed{seed}.json").write_text(json.dumps(run) + "\n")
         runs.append(run)
@@ -285,7 +369,13 @@ def main(argv=None) -> None:
         "seeds": args.seeds,
         **metrics.summarize_seeds(runs, fields),
     }
-    for key in ("test_cold", "test_warm", "test_cold_fixed_state"):
+    for key in (
+        "test_cold",
+        "test_warm",
+        "test_cold_fixed_state",
+        "test_cold_items",
+        "test_warm_items",
+    ):
         if key in runs[0]:
             summary[key] = metrics.summarize_seeds([{"test": r[key]} for r in runs], ())["test"]
     (args.out / "collab.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -14,7 +14,14 @@ A:B the mean paired difference of per-user NDCG@10 with its standard error over
 users, and the ratio of the means. The chart has the NDCG@10 bars with
 standard-error whiskers and every run's validation curve by epoch beside it.
 `--cold` scores every model on the users that `collab --cold-users` runs held out of
-training (their `cold_users`).
+training (their `cold_users`); `--cold items` on the users whose test item `collab
+--cold-items` runs held out (their `cold_item_users`).
+
+`--json FILE` writes the summary and `rows`: one per model, seed and split (valid,
+test, and the cold runs' test_cold, test_warm and test_cold_fixed_state) with every
+metric, the best epoch and the training time. `--markdown FILE` replaces the text
+between FILE's `<!-- seeds_report:begin -->` and `<!-- seeds_report:end -->` lines
+with the table (scripts/results does both for docs/RESULTS.md and docs/results.json).
 """
 
 from __future__ import annotations
@@ -31,6 +38,17 @@ from .metrics import ndcg10_per_user as ndcg10
 from .metrics import standard_error as se
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
+SPLITS = (
+    "valid",
+    "test",
+    "test_cold",
+    "test_warm",
+    "test_cold_fixed_state",
+    "test_cold_items",
+    "test_warm_items",
+)
+COLD_KEYS = {"users": "cold_users", "items": "cold_item_users"}
+BEGIN, END = "<!-- seeds_report:begin -->", "<!-- seeds_report:end -->"
 
 
 def load(spec: str) -> tuple[str, list[dict]]:
@@ -41,11 +59,12 @@ def load(spec: str) -> tuple[str, list[dict]]:
     return label, [json.loads(Path(f).read_text()) for f in files]
 
 
-def cold_users_of(raw: dict[str, list[dict]]) -> list[int]:
-    """The user rows the runs made with `collab --cold-users` held out (all must agree)."""
-    sets = {tuple(r["cold_users"]) for runs in raw.values() for r in runs if "cold_users" in r}
+def cold_users_of(raw: dict[str, list[dict]], key: str = "cold_users") -> list[int]:
+    """The user rows `key` of the runs made with `collab --cold-users` (or `--cold-items`)
+    name (all such runs must agree)."""
+    sets = {tuple(r[key]) for runs in raw.values() for r in runs if key in r}
     if len(sets) != 1:
-        raise SystemExit(f"--cold needs runs with one set of cold users, found {len(sets)}")
+        raise SystemExit(f"--cold needs runs with one list of {key}, found {len(sets)}")
     return list(sets.pop())
 
 
@@ -102,6 +121,34 @@ def markdown(models: dict, pairs: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def rows(raw: dict[str, list[dict]]) -> list[dict]:
+    """One row per model, seed and split that a run reports, with every metric."""
+    out = []
+    for label, runs in raw.items():
+        for r in runs:
+            for split in SPLITS:
+                if split in r:
+                    out.append(
+                        {
+                            "model": label,
+                            "seed": r.get("seed"),
+                            "split": split,
+                            **{m: r[split][m] for m in METRICS},
+                            "best_epoch": r.get("best_epoch"),
+                            "train_seconds": r.get("train_seconds"),
+                        }
+                    )
+    return out
+
+
+def replace_block(text: str, block: str, path: str = "the file") -> str:
+    """`text` with what lies between its BEGIN and END lines replaced by `block`."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path}: no '{BEGIN}' ... '{END}' lines to write the table between")
+    return text[: start + len(BEGIN)] + "\n" + block + "\n" + text[end:]
+
+
 def chart(models: dict, raw: dict, png: Path) -> None:
     import matplotlib
 
@@ -142,15 +189,19 @@ def main(argv=None) -> None:
     p.add_argument("--versus", action="append", default=[], help="A:B, two labels")
     p.add_argument(
         "--cold",
-        action="store_true",
-        help="score every model on the users its `collab --cold-users` runs held out",
+        nargs="?",
+        const="users",
+        choices=sorted(COLD_KEYS),
+        help="score every model on the users `collab --cold-users` runs held out (users, the "
+        "default) or on those whose test item `collab --cold-items` runs held out (items)",
     )
     p.add_argument("--png", default=None)
-    p.add_argument("--json", default=None, help="also write the summary here")
+    p.add_argument("--json", default=None, help="also write the summary and rows here")
+    p.add_argument("--markdown", default=None, help="write the table into this file's block")
     args = p.parse_args(argv)
     raw = dict(load(spec) for spec in args.model)
     if args.cold:
-        users = cold_users_of(raw)
+        users = cold_users_of(raw, COLD_KEYS[args.cold])
         raw = {label: restricted(runs, users) for label, runs in raw.items()}
     models = {label: summarize(runs) for label, runs in raw.items()}
     pairs = [tuple(v.split(":", 1)) for v in args.versus]
@@ -158,7 +209,10 @@ def main(argv=None) -> None:
     if args.json:
         out = {lb: {k: v for k, v in s.items() if k != "per_user"} for lb, s in models.items()}
         out["versus"] = {f"{a} vs {b}": versus(models[a], models[b]) for a, b in pairs}
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"models": out, "rows": rows(raw)}, indent=1) + "\n")
+    if args.markdown:
+        md = Path(args.markdown)
+        md.write_text(replace_block(md.read_text(), markdown(models, pairs), args.markdown))
     if args.png:
         chart(models, raw, Path(args.png))
 

@@ -46,3 +46,27 @@ def test_standard_error_and_paired_comparison(tmp_path):
     assert v["difference"] > 0 and v["ratio"] > 1 and v["se"] > 0
     table = seeds_report.markdown(models, [("a", "b")])
     assert "| a vs b |" in table
+
+
+def test_rows_hold_every_seed_and_split_and_the_block_is_replaced_in_place():
+    metric = {m: 0.1 for m in seeds_report.METRICS}
+    raw = {
+        "a": [{"seed": s, "valid": metric, "test": metric, "best_epoch": 3} for s in (0, 1)],
+        "cold": [{"seed": 0, "test": metric, "test_cold": metric, "test_warm": metric}],
+    }
+    rows = seeds_report.rows(raw)
+    assert [(r["model"], r["seed"], r["split"]) for r in rows] == [
+        ("a", 0, "valid"),
+        ("a", 0, "test"),
+        ("a", 1, "valid"),
+        ("a", 1, "test"),
+        ("cold", 0, "test"),
+        ("cold", 0, "test_cold"),
+        ("cold", 0, "test_warm"),
+    ]
+    assert all(r["NDCG@10"] == 0.1 and "HR@20" in r for r in rows)
+    doc = f"intro\n{seeds_report.BEGIN}\nold table\n{seeds_report.END}\nafter\n"
+    new = seeds_report.replace_block(doc, "| new |")
+    assert new == f"intro\n{seeds_report.BEGIN}\n| new |\n{seeds_report.END}\nafter\n"
+    with pytest.raises(SystemExit, match="no '<!-- seeds_report:begin -->'"):
+        seeds_report.replace_block("no markers", "| new |", "RESULTS.md")

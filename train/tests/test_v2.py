@@ -254,5 +254,47 @@ def test_seeds_report_scores_every_model_on_the_cold_users_alone():
     assert users == [1, 3]
     assert restricted(raw["a"], users)[0]["test"]["HR@10"] == 0.0
     assert restricted(raw["b"], users)[0]["test"]["HR@10"] == 1.0
-    with pytest.raises(SystemExit, match="one set of cold users"):
+    with pytest.raises(SystemExit, match="one list of cold_users"):
         cold_users_of({"a": [run], "b": [{**run, "cold_users": [0]}]})
+
+
+def test_cold_items_are_out_of_every_sequence_softmax_and_ranking():
+    if not paths.backbone_path().exists():
+        pytest.skip("backbone missing: run scripts/fetch-assets")
+    from l2rec_train.collab import (
+        cold_items,
+        cold_items_report,
+        collab_step,
+        forget_items,
+        ranks_of,
+        users_without,
+        without_items,
+    )
+
+    assert cold_items(1682, 0.1) == cold_items(1682, 0.1) and len(cold_items(1682, 0.1)) == 168
+    split = data.Split(
+        ["a", "b", "c"],
+        [np.array([0, 1, 2, 3]), np.array([4, 5, 1]), np.array([2, 3])],
+        np.array([5, 0, 1]),
+        np.array([4, 2, 5]),
+    )
+    known = without_items(split, [1, 5])
+    assert [t.tolist() for t in known.train] == [[0, 2, 3], [4], [2, 3]]
+    assert users_without(split, range(3), [1, 5], "valid") == [1]
+    model = _v2_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    collab_step(model, optimizer, known.train, "off", torch.tensor([1, 5]))
+    # A hidden item is in no softmax: neither its id embedding nor its bias learns.
+    assert model.item_id.weight.grad[[1, 5]].abs().sum() == 0
+    assert model.item_bias.grad[[1, 5]].abs().sum() == 0
+    assert model.item_bias.grad[[0, 2, 3, 4]].abs().sum() > 0
+    # Nor in a ranking: with item 0 hidden no target ranks lower than without.
+    u = torch.randn(3, 8)
+    plain = ranks_of(model, split, range(3), "test", u)
+    hidden = ranks_of(model, split, range(3), "test", u, [0])
+    assert (hidden <= plain).all()
+    forget_items(model, [1, 5])
+    assert model.item_id.weight[[1, 5]].abs().sum() == 0 and model.item_bias[[1, 5]].sum() == 0
+    report = cold_items_report(split, [5], torch.tensor([0, 3, 20]))
+    assert report["cold_item_users"] == [2] and report["test_cold_items"]["HR@10"] == 0.0
+    assert report["test_warm_items"]["HR@10"] == 1.0
