@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -155,12 +156,16 @@ def chart(models: dict, raw: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 0.5 * len(models) + 2.5))
+    # Long labels wrap, so that neither panel is squeezed by them.
+    def wrap(label: str) -> str:
+        return textwrap.fill(label, 34)
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 0.7 * len(models) + 3.5))
     labels = list(models)[::-1]
     means = [models[lb]["NDCG@10"] for lb in labels]
     errs = [models[lb]["NDCG@10 se users"] for lb in labels]
     b = bars.barh(
-        labels,
+        [wrap(lb) for lb in labels],
         means,
         xerr=errs,
         capsize=3,
@@ -173,10 +178,11 @@ def chart(models: dict, raw: dict, png: Path) -> None:
         for j, r in enumerate(runs):
             curve = r.get("valid_ndcg10_by_epoch")
             if curve:
-                curves.plot(curve, color=f"C{i}", alpha=0.8, lw=1, label=label if j == 0 else None)
+                first = wrap(label) if j == 0 else None
+                curves.plot(curve, color=f"C{i}", alpha=0.8, lw=1, label=first)
     curves.set_xlabel("epoch")
     curves.set_title("validation NDCG@10 by epoch, every seed", fontsize=9)
-    curves.legend(fontsize=8)
+    curves.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 
