@@ -17,7 +17,8 @@ they get from their own history against one fixed state for everyone. `--cold-it
 0.1` holds a tenth of the catalog out instead: stage 1 trains as if those items did not
 exist (out of every sequence, every softmax and every validation ranking), then serves
 them as the runtime serves items the bundle never saw (`E[i] = 0`, bias 0: their text
-alone) and reports the users whose test item is one of them.
+alone) and reports the users whose test item is one of them. `train.collab_id_dropout`
+trains for such items: each step serves a fresh draw of the catalog by text alone.
 """
 
 from __future__ import annotations
@@ -106,18 +107,24 @@ def ranks_of(
 
 
 def collab_step(
-    model, optimizer, windows: list[np.ndarray], amp: str, hidden: torch.Tensor | None = None
+    model,
+    optimizer,
+    windows: list[np.ndarray],
+    amp: str,
+    hidden: torch.Tensor | None = None,
+    keep_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """One optimizer step of stage 1 on a batch of windows (catalog rows, oldest first):
     full-softmax CE of u = c after every item but the last against the next item, the
-    `hidden` catalog rows left out of the softmax. Returns (ce, targets); ce stays on the
-    model's device."""
+    `hidden` catalog rows left out of the softmax, the items where `keep_ids` is 0 served
+    by their text alone. Returns (ce, targets); ce stays on the model's device."""
     items = pad(windows).to(model.device)
     targets = pad([w[1:] for w in windows], value=-1).to(model.device)
     mask = targets >= 0
     with autocast(model.device, amp):
-        c = model.collab_states(items)[:, :-1]
-        logits = model.scores(c[mask])
+        vectors = model.item_vectors(keep_ids)  # once for the encoder and the softmax
+        c = model.collab_states(items, vectors)[:, :-1]
+        logits = model.scores(c[mask], vectors, keep_ids)
         if hidden is not None:
             logits = logits.index_fill(1, hidden.to(logits.device), -math.inf)
         ce = F.cross_entropy(logits, targets[mask])
@@ -125,6 +132,16 @@ def collab_step(
     ce.backward()
     optimizer.step()
     return ce.detach(), sum(len(w) - 1 for w in windows)
+
+
+def id_dropout_mask(model, rate: float, generator: torch.Generator) -> torch.Tensor | None:
+    """`train.collab_id_dropout`'s draw for one step: 0 for the items served by text alone,
+    1 for the rest [n_items] on the model's device; None when the rate is 0."""
+    if rate <= 0:
+        return None
+    n = model.item_bias.shape[0]
+    keep = torch.rand(n, generator=generator) >= rate
+    return keep.to(device=model.device, dtype=model.item_bias.dtype)
 
 
 def fit_collaborative(
@@ -150,7 +167,8 @@ def fit_collaborative(
         order = torch.randperm(len(windows), generator=generator).tolist()
         for s in range(0, len(order), t.collab_batch_size):
             batch = [windows[i] for i in order[s : s + t.collab_batch_size]]
-            ce, n = collab_step(model, optimizer, batch, t.amp, hidden_rows)
+            keep = id_dropout_mask(model, t.collab_id_dropout, generator)
+            ce, n = collab_step(model, optimizer, batch, t.amp, hidden_rows, keep)
             ce_sum, n_sum = ce_sum + float(ce) * n, n_sum + n
             if average is not None:
                 average.update()

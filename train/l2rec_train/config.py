@@ -70,6 +70,10 @@ class TrainConfig:
     # >0: select and keep a moving average of stage 1's weights (decay per step), not the
     # raw weights of one epoch (collab.ParamAverage).
     collab_ema: float = 0.0
+    # >0: each stage-1 step serves this fraction of the catalog, drawn afresh, by its text
+    # alone (E[i] and bias zeroed, as the runtime serves items the bundle never saw), so
+    # that Q learns to place new items rather than only to refine learned ids.
+    collab_id_dropout: float = 0.0
     collab_patience: int = 40  # epochs without a better validation NDCG@10 before stopping
     collab_max_epochs: int = 2000  # a guard only: runs stop by patience long before
     freeze_collab: bool = False  # v2: the LLM stages leave stage 1's parameters as selected
@@ -145,6 +149,10 @@ class Config:
         check_device_names(self.train.device, self.train.amp)
         if not 0.0 <= self.train.collab_ema < 1.0:
             raise ValueError(f"train.collab_ema must be in [0, 1), got {self.train.collab_ema}")
+        if not 0.0 <= self.train.collab_id_dropout < 1.0:
+            raise ValueError(
+                f"train.collab_id_dropout must be in [0, 1), got {self.train.collab_id_dropout}"
+            )
         if self.train.collab_holdout < 0:
             raise ValueError(f"train.collab_holdout must be >= 0, got {self.train.collab_holdout}")
         if self.encoder not in ENCODERS:

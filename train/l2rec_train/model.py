@@ -228,9 +228,11 @@ class L2Rec(nn.Module):
             logits = logits + self.gate_reads[view](c)
         return topk_gate(logits, self.cfg.views[view].k)
 
-    def collab_states(self, items: torch.Tensor) -> torch.Tensor:
-        """Step 0: c after every item [B, n, d_r] of right-padded catalog rows [B, n]."""
-        return self.encoder(self.item_vectors()[items])
+    def collab_states(self, items: torch.Tensor, vectors: torch.Tensor | None = None):
+        """Step 0: c after every item [B, n, d_r] of right-padded catalog rows [B, n]
+        (`vectors`: the item vectors to read, default `item_vectors()`)."""
+        vectors = self.item_vectors() if vectors is None else vectors
+        return self.encoder(vectors[items])
 
     def view_states(
         self,
@@ -267,13 +269,25 @@ class L2Rec(nn.Module):
         beta = torch.sigmoid(self.fusion(torch.cat([z_b, z_s, z_b * z_s], dim=-1)))
         return beta * z_b + (1 - beta) * z_s
 
-    def item_vectors(self) -> torch.Tensor:
+    def item_vectors(self, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """e_i = E[i] + Q t_i + q [n_items, d_r]; where `keep_ids` [n_items] is 0, E[i] is
+        left out (the item served by its text alone, as one the bundle never saw)."""
+        ids = self.item_id.weight if keep_ids is None else self.item_id.weight * keep_ids[:, None]
         if not self.cfg.item_text:  # ablation: ids only
-            return self.item_id.weight
-        return self.item_id.weight + self.text_proj(self.standardize("text", self.text_states))
+            return ids
+        return ids + self.text_proj(self.standardize("text", self.text_states))
 
-    def scores(self, u: torch.Tensor) -> torch.Tensor:
-        return u @ self.item_vectors().T + self.item_bias
+    def scores(
+        self,
+        u: torch.Tensor,
+        vectors: torch.Tensor | None = None,
+        keep_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """s(u, i) = u . e_i + b_i; `vectors` as from `item_vectors(keep_ids)`, whose zeros
+        leave out the bias too."""
+        vectors = self.item_vectors() if vectors is None else vectors
+        bias = self.item_bias if keep_ids is None else self.item_bias * keep_ids
+        return u @ vectors.T + bias
 
     def user_vectors(
         self, users: torch.Tensor, inputs: dict, phi: torch.Tensor | None = None

@@ -298,3 +298,31 @@ def test_cold_items_are_out_of_every_sequence_softmax_and_ranking():
     report = cold_items_report(split, [5], torch.tensor([0, 3, 20]))
     assert report["cold_item_users"] == [2] and report["test_cold_items"]["HR@10"] == 0.0
     assert report["test_warm_items"]["HR@10"] == 1.0
+
+
+def test_id_dropout_serves_the_dropped_items_by_their_text_alone():
+    if not paths.backbone_path().exists():
+        pytest.skip("backbone missing: run scripts/fetch-assets")
+    from l2rec_train.collab import collab_step, id_dropout_mask
+
+    model = _v2_model()
+    generator = torch.Generator().manual_seed(0)
+    assert id_dropout_mask(model, 0.0, generator) is None
+    keep = id_dropout_mask(model, 0.5, generator)
+    assert keep.shape == (6,) and set(keep.tolist()) <= {0.0, 1.0}
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    with torch.no_grad():
+        model.item_bias.copy_(torch.arange(6.0))
+        u = torch.randn(2, 8)
+        text_only = model.item_vectors() - model.item_id.weight
+        dropped = model.scores(u, model.item_vectors(keep), keep)
+    # A dropped item scores as a new one would: its text, no id, no bias.
+    assert torch.allclose(dropped[:, [1, 4]], u @ text_only[[1, 4]].T, atol=1e-5)
+    assert torch.allclose(dropped[:, [0, 2]], model.scores(u)[:, [0, 2]], atol=1e-5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    collab_step(model, optimizer, [np.array([0, 1, 2, 4, 3])], "off", None, keep)
+    # Their ids and biases learn nothing from the step; the text projection does.
+    assert model.item_id.weight.grad[[1, 4]].abs().sum() == 0
+    assert model.item_bias.grad[[1, 4]].abs().sum() == 0
+    assert model.item_id.weight.grad[[0, 2]].abs().sum() > 0
+    assert model.text_proj.weight.grad.abs().sum() > 0
