@@ -291,8 +291,8 @@ def forget_items(model, items) -> None:
 def cold_items_report(split: data.Split, items, ranks: torch.Tensor) -> dict:
     """Test metrics of the users whose test item is one of the cold `items`, and the rest."""
     users = range(len(ranks))
-    cold = sorted(set(users) - set(users_without(split, users, items, "test")))
     warm = users_without(split, users, items, "test")
+    cold = sorted(set(users) - set(warm))
     return {
         "cold_items": list(items),
         "cold_item_users": cold,
